@@ -1,0 +1,250 @@
+"""Bytes in, ranked breeds out: load, decode, preprocess, predict, postprocess, each step timed.
+
+`Classifier` knows nothing of Lambda: the handler, the benchmarks and the tests all drive it the
+same way. The manifest beside the weights supplies the labels and the preprocessing, so serving
+cannot drift from training. The only serving-time imports are torch, Pillow and model_store
+(never torchvision, which would add over a second of cold start).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from handler.config import DEFAULT_MAX_IMAGE_PIXELS
+from handler.decode import decode_image
+from handler.exceptions import BadRequestError, HandlerError, InternalError
+from model_store.loader import load
+from model_store.manifest import Manifest
+from model_store.preprocess import draft_size, to_tensor
+
+UNTRAINED_WARNING = "model is untrained (demo weights): predictions are meaningless"
+DEFAULT_TOP_K = 5
+_EWMA_WEIGHT = 0.2
+
+
+class Deadline(Protocol):
+    """Something that refuses work which would not finish in time (the Lambda context, in the handler)."""
+
+    def check(self, expected_ms: float) -> None:
+        """Raise `DeadlineExceededError` when `expected_ms` more work would overrun the deadline."""
+
+
+def elapsed_ms(start: float) -> float:
+    """Milliseconds since `start` (a `time.perf_counter()` value), rounded for JSON."""
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class Classifier:
+    """One loaded model version and the four serving steps around it.
+
+    >>> clf = Classifier.from_root("/mnt/models", "dogbreeds", alias="live")
+    >>> clf.classify(open("dog.jpg", "rb").read(), top_k=3)["predictions"][0]["label"]
+    'Labrador retriever'
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        manifest: Manifest,
+        variant: str = "fp32",
+        *,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        directory: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.manifest = manifest
+        self.variant = variant
+        self.directory = directory
+        self.max_image_pixels = max_image_pixels
+        self.labels: tuple[str, ...] = manifest.labels
+        self.draft: tuple[int, int] = draft_size(manifest.preprocess)
+        self._ms_per_image: float | None = None
+
+    @classmethod
+    def from_root(
+        cls,
+        root: str | Path,
+        name: str,
+        version: str | None = None,
+        alias: str | None = None,
+        variant: str | None = None,
+        *,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> "Classifier":
+        """Load a version from a model root (the EFS mount); raises `model_store` errors as they come."""
+        loaded = load(Path(root), name, version=version, alias=alias, variant=variant)
+        return cls(loaded.model, loaded.manifest, loaded.variant,
+                   max_image_pixels=max_image_pixels, directory=loaded.directory)
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What every answer says about the model that produced it."""
+        return {"name": self.manifest.name, "version": self.manifest.version, "variant": self.variant}
+
+    def describe(self) -> dict[str, Any]:
+        """The `GET /model` body: enough for a client to know what it is talking to."""
+        manifest = self.manifest
+        preprocess = manifest.to_dict()["preprocess"]
+        return {
+            **self.identity,
+            "arch": manifest.arch.label,
+            "head": {"type": manifest.arch.head.type, "hidden": manifest.arch.head.hidden},
+            "num_classes": manifest.num_classes,
+            "preprocess": preprocess,
+            "trained": manifest.trained,
+            "variants": sorted(manifest.weights),
+            "created_at": manifest.created_at,
+            "metrics": manifest.metrics,
+        }
+
+    def check_top_k(self, top_k: object) -> int:
+        """`top_k` must be an integer from 1 to the number of classes; None means 5 (or all, if fewer)."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, self.num_classes)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= self.num_classes:
+            raise BadRequestError(
+                f"top_k must be an integer from 1 to {self.num_classes}, got {_short(top_k)}", code="bad_top_k"
+            )
+        return top_k
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes -> RGB image (see `handler.decode`), JPEGs reduced toward the model's input size."""
+        return decode_image(data, draft=self.draft, max_pixels=self.max_image_pixels)
+
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """RGB image -> float32 batch of one, `[1, 3, H, W]`, as the manifest's preprocessing says."""
+        return to_tensor(image, self.manifest.preprocess).unsqueeze(0)
+
+    def predict(self, batch: Tensor) -> Tensor:
+        """`[N, 3, H, W]` -> logits `[N, num_classes]`; also feeds the running per-image time estimate."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(batch)
+        per_image = (time.perf_counter() - start) * 1000.0 / max(1, batch.shape[0])
+        previous = self._ms_per_image
+        self._ms_per_image = per_image if previous is None else (1 - _EWMA_WEIGHT) * previous + _EWMA_WEIGHT * per_image
+        return logits
+
+    def expected_inference_ms(self, batch_size: int = 1) -> float:
+        """What inference on `batch_size` images is expected to take (0 before the first run)."""
+        return (self._ms_per_image or 0.0) * batch_size
+
+    def warm_up(self) -> float:
+        """Run one throwaway input so the first request does not pay for kernel set-up; returns ms."""
+        height, width = self.manifest.preprocess.output_size
+        start = time.perf_counter()
+        self.predict(torch.zeros((1, 3, height, width), dtype=torch.float32))
+        return elapsed_ms(start)
+
+    def postprocess(self, logits_row: Tensor, top_k: int = 5, include_logits: bool = False) -> dict[str, Any]:
+        """One row of logits -> the answer body: softmax over all classes, top `top_k` by probability."""
+        row = logits_row.detach().reshape(-1).to(torch.float64)
+        if row.numel() != self.num_classes:
+            raise InternalError(f"the model gave {row.numel()} scores for {self.num_classes} classes")
+        if not bool(torch.isfinite(row).all()):
+            raise InternalError("the model produced non-finite scores")
+        probabilities = torch.softmax(row, dim=0)
+        values, indices = torch.topk(probabilities, k=min(top_k, self.num_classes))
+        body: dict[str, Any] = {
+            "predictions": [
+                {"index": int(i), "label": self.labels[int(i)], "probability": float(p)}
+                for p, i in zip(values.tolist(), indices.tolist())
+            ],
+            "model": self.identity,
+        }
+        if not self.manifest.trained:
+            body["warning"] = UNTRAINED_WARNING
+        if include_logits:
+            body["logits"] = [float(x) for x in logits_row.detach().reshape(-1).tolist()]
+        return body
+
+    def classify(
+        self, data: bytes, top_k: int | None = None, include_logits: bool = False, deadline: Deadline | None = None
+    ) -> dict[str, Any]:
+        """Image bytes -> answer body with `timing_ms` for decode, preprocess, inference and total."""
+        top_k = self.check_top_k(top_k)
+        start = time.perf_counter()
+        image = self.decode(data)
+        decoded = time.perf_counter()
+        batch = self.preprocess(image)
+        preprocessed = time.perf_counter()
+        if deadline is not None:
+            deadline.check(self.expected_inference_ms(1))
+        logits = self.predict(batch)
+        inferred = time.perf_counter()
+        body = self.postprocess(logits[0], top_k, include_logits)
+        body["timing_ms"] = {
+            "decode": _ms(decoded - start),
+            "preprocess": _ms(preprocessed - decoded),
+            "inference": _ms(inferred - preprocessed),
+            "total": elapsed_ms(start),
+        }
+        return body
+
+    def classify_batch(
+        self,
+        items: Sequence[bytes],
+        top_k: int | None = None,
+        include_logits: bool = False,
+        deadline: Deadline | None = None,
+    ) -> list[dict[str, Any] | HandlerError]:
+        """Several images through ONE forward pass; results in input order.
+
+        An image that cannot be decoded gets its `HandlerError` in its slot and the others are still
+        answered. Each answer's `timing_ms` has its own decode/preprocess, the batch's inference, and
+        its total (its own steps plus the shared inference and its postprocess).
+        """
+        top_k = self.check_top_k(top_k)
+        results: list[dict[str, Any] | HandlerError] = []
+        tensors: list[Tensor] = []
+        slots: list[tuple[int, float, float]] = []  # (result index, decode ms, preprocess ms)
+        for data in items:
+            start = time.perf_counter()
+            try:
+                image = self.decode(data)
+            except HandlerError as exc:
+                results.append(exc)
+                continue
+            decoded = time.perf_counter()
+            tensors.append(to_tensor(image, self.manifest.preprocess))
+            slots.append((len(results), _ms(decoded - start), elapsed_ms(decoded)))
+            results.append({})
+        if not tensors:
+            return results
+        if deadline is not None:
+            deadline.check(self.expected_inference_ms(len(tensors)))
+        start = time.perf_counter()
+        logits = self.predict(torch.stack(tensors))
+        inference_ms = elapsed_ms(start)
+        for row, (slot, decode_ms, preprocess_ms) in enumerate(slots):
+            post_start = time.perf_counter()
+            body = self.postprocess(logits[row], top_k, include_logits)
+            body["timing_ms"] = {
+                "decode": decode_ms,
+                "preprocess": preprocess_ms,
+                "inference": inference_ms,
+                "total": round(decode_ms + preprocess_ms + inference_ms + elapsed_ms(post_start), 3),
+            }
+            results[slot] = body
+        return results
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _short(value: object) -> str:
+    """A value for an error message, cut short: never echo a large payload back."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

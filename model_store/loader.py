@@ -1,0 +1,247 @@
+"""Load a synced model version from a model root (the EFS directory) for serving.
+
+A model root looks like this (`sync` writes it, this module only reads it):
+
+    <root>/<name>/versions/<version>/manifest.json
+    <root>/<name>/versions/<version>/model.safetensors
+    <root>/<name>/<alias> -> versions/<version>        relative symlink
+
+Loading never trusts the disk: the manifest is parsed strictly and every weights file is checked
+against its recorded size and sha256 before it is used. The network is built on the `meta`
+device and the safetensors tensors are assigned into it, which skips both random initialisation
+and a copy (that is most of a cold start). torch is imported only when a model is built, so
+`sync` and the CLI can use the layout helpers here without paying for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from model_store.exceptions import (
+    ArchitectureError,
+    ChecksumError,
+    ManifestError,
+    VariantError,
+    VersionNotFoundError,
+)
+from model_store.manifest import MANIFEST_FILE, Manifest, WeightsFile, check_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+VERSIONS_DIR = "versions"
+DEFAULT_VARIANT = "fp32"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference (eval mode) with the manifest and directory it came from."""
+
+    model: nn.Module
+    manifest: Manifest
+    directory: Path
+    variant: str
+
+
+# --- the layout of a model root -----------------------------------------------------------------
+
+def versions_dir(root: Path | str, name: str) -> Path:
+    """`<root>/<name>/versions`: every complete version is one directory in here."""
+    return Path(root) / check_name("name", name) / VERSIONS_DIR
+
+
+def local_names(root: Path | str) -> list[str]:
+    """Models with a versions directory under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if not p.name.startswith(".") and (p / VERSIONS_DIR).is_dir())
+
+
+def local_versions(root: Path | str, name: str) -> list[str]:
+    """Versions present under `root` (a version directory is complete by construction: it was renamed in)."""
+    directory = versions_dir(root, name)
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir()
+                  if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+
+
+def local_aliases(root: Path | str, name: str) -> dict[str, str]:
+    """alias -> version for every alias symlink of `name` (dangling ones too: they show what is missing)."""
+    model = Path(root) / check_name("name", name)
+    if not model.is_dir():
+        return {}
+    aliases = {}
+    for entry in model.iterdir():
+        if entry.name.startswith(".") or not entry.is_symlink():
+            continue
+        target = os.readlink(entry)
+        head, _, version = target.partition("/")
+        if head == VERSIONS_DIR and version and "/" not in version:
+            aliases[entry.name] = version
+    return dict(sorted(aliases.items()))
+
+
+def describe_root(root: Path | str, name: str) -> str:
+    """What a model root holds for `name`, for error messages that help the reader fix the request."""
+    versions = local_versions(root, name)
+    aliases = local_aliases(root, name)
+    if not versions and not aliases:
+        names = local_names(root)
+        return f"model {name!r} has nothing under {root}; models present: {', '.join(names) or '(none)'}"
+    alias_text = ", ".join(f"{a} -> {v}" for a, v in aliases.items()) or "(none)"
+    return f"versions present: {', '.join(versions) or '(none)'}; aliases: {alias_text}"
+
+
+def resolve_version_dir(root: Path | str, name: str, *, version: str | None = None,
+                        alias: str | None = None) -> Path:
+    """The directory of a version, given the version or an alias; VersionNotFoundError says what IS there.
+
+    An alias is read once here, so a later alias swap cannot change files under a load in progress.
+    """
+    if (version is None) == (alias is None):
+        raise VersionNotFoundError(f"give exactly one of a version or an alias for model {name!r}")
+    versions = versions_dir(root, name)
+    if alias is not None:
+        check_name("alias", alias)
+        link = versions.parent / alias
+        if not link.is_symlink():
+            raise VersionNotFoundError(
+                f"no alias {alias!r} for model {name!r} under {root}; {describe_root(root, name)}"
+            )
+        head, _, version = os.readlink(link).partition("/")
+        if head != VERSIONS_DIR or not version or "/" in version:
+            raise VersionNotFoundError(
+                f"alias {link} does not point into {VERSIONS_DIR}/; sync the alias again"
+            )
+    assert version is not None
+    check_name("version", version)
+    directory = versions / version
+    if not (directory / MANIFEST_FILE).is_file():
+        via = f" (alias {alias!r} points to it)" if alias is not None else ""
+        raise VersionNotFoundError(
+            f"no version {version!r} of model {name!r} under {root}{via}; {describe_root(root, name)}"
+        )
+    return directory
+
+
+# --- verification -------------------------------------------------------------------------------
+
+def read_local_manifest(directory: Path, *, name: str | None = None, version: str | None = None) -> Manifest:
+    """Parse `<directory>/manifest.json` and check it describes the version this directory claims to be."""
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        manifest = Manifest.read(path)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    expected_version = version if version is not None else Path(directory).name
+    if (name is not None and manifest.name != name) or manifest.version != expected_version:
+        raise ManifestError(
+            f"{path} describes {manifest.name}/{manifest.version}, "
+            f"not {name or manifest.name}/{expected_version}"
+        )
+    return manifest
+
+
+def verify_weights_file(directory: Path, weights: WeightsFile, *, checksum: bool = True) -> Path:
+    """Check one weights file's size (always) and sha256 (when `checksum`); ChecksumError if either is off."""
+    path = Path(directory) / weights.file
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ChecksumError(f"{path} is missing ({weights.size} bytes expected)") from None
+    if size != weights.size:
+        raise ChecksumError(
+            f"{path} is {size} bytes but the manifest records {weights.size} (truncated or replaced)"
+        )
+    if checksum:
+        from model_store.weights import sha256_file  # imports torch: only when a checksum is wanted
+
+        digest = sha256_file(path)
+        if digest != weights.sha256:
+            raise ChecksumError(f"{path} has sha256 {digest} but the manifest records {weights.sha256}")
+    return path
+
+
+def verify_version_dir(directory: Path, *, name: str | None = None, version: str | None = None,
+                       variants: list[str] | None = None, checksums: bool = True) -> Manifest:
+    """Check a version directory: manifest, then each weights variant (all by default)."""
+    manifest = read_local_manifest(directory, name=name, version=version)
+    for variant in variants if variants is not None else list(manifest.weights):
+        if variant not in manifest.weights:
+            raise VariantError(_missing_variant(manifest, variant))
+        verify_weights_file(directory, manifest.weights[variant], checksum=checksums)
+    return manifest
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+VariantLoader = Callable[[Manifest, Path], "nn.Module"]
+"""Build the network for a manifest and fill it from a verified weights file."""
+
+
+def _load_fp32(manifest: Manifest, weights_path: Path) -> nn.Module:
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from model_store.resnet import build_model
+
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ChecksumError(f"{weights_path} is not a readable safetensors file: {exc}") from exc
+    wrong = sorted(k for k, t in state.items() if t.is_floating_point() and t.dtype != torch.float32)
+    if wrong:
+        raise VariantError(
+            f"{weights_path} is the fp32 variant but holds {state[wrong[0]].dtype} tensors "
+            f"({', '.join(wrong[:3])}, ...)"
+        )
+    model = build_model(manifest.arch, manifest.num_classes, device="meta")
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ArchitectureError(
+            f"{weights_path} does not fit {manifest.arch.label} with {manifest.num_classes} classes "
+            f"as the manifest says: {' '.join(line.strip() for line in first[:4])}"
+        ) from exc
+    return model
+
+
+VARIANT_LOADERS: dict[str, VariantLoader] = {"fp32": _load_fp32}
+"""variant name -> loader. Adding a variant (int8, ...) is one entry here plus its manifest entry."""
+
+
+def load(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
+         variant: str | None = None) -> LoadedModel:
+    """Load `name` (by version or alias) from a model root, verified, in eval mode.
+
+    Raises VersionNotFoundError, ManifestError, VariantError, ChecksumError or ArchitectureError,
+    each naming the file and what is wrong with it.
+    """
+    directory = resolve_version_dir(root, name, version=version, alias=alias)
+    manifest = read_local_manifest(directory, name=name)
+    chosen = variant or DEFAULT_VARIANT
+    loader = VARIANT_LOADERS.get(chosen)
+    if loader is None:
+        raise VariantError(
+            f"unknown weights variant {chosen!r}: this breedserve loads {', '.join(sorted(VARIANT_LOADERS))}"
+        )
+    if chosen not in manifest.weights:
+        raise VariantError(_missing_variant(manifest, chosen))
+    weights_path = verify_weights_file(directory, manifest.weights[chosen], checksum=True)
+    model = loader(manifest, weights_path)
+    model.eval()
+    return LoadedModel(model=model, manifest=manifest, directory=directory, variant=chosen)
+
+
+def _missing_variant(manifest: Manifest, variant: str) -> str:
+    return (f"{manifest.name}/{manifest.version} has no {variant!r} weights; "
+            f"it has {', '.join(sorted(manifest.weights))}")

@@ -1,0 +1,93 @@
+"""Image -> input tensor, exactly as the torchvision transforms used in training, without torchvision.
+
+The manifest's `Preprocessing` is the contract; this module reproduces torchvision's PIL path
+step by step (`Resize` calls `PIL.Image.resize` with the same filter, `CenterCrop` rounds and
+pads the same way, `ToTensor` divides by 255, `Normalize` subtracts then divides), so serving
+gives the logits training saw. It is also the fast path: one resize, a crop that is a view of
+the resized pixels (not a copy), and one conversion to float that also reorders HWC to CHW.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from PIL import Image
+
+from model_store.manifest import Preprocessing
+
+_PIL_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def resized_size(width: int, height: int, spec: Preprocessing) -> tuple[int, int]:
+    """(width, height) after the resize step, computed as torchvision's `Resize` does."""
+    if spec.resize_mode == "exact":
+        return spec.size[1], spec.size[0]
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = spec.size[0], int(spec.size[0] * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """torchvision `CenterCrop` as a PIL box; edges beyond the image are padded with zeros by PIL.
+
+    Where the crop is larger than the image torchvision pads first (floor of half the excess on
+    the left/top), otherwise it rounds half the excess to even; both are reproduced per edge.
+    """
+    def offset(size: int) -> int:
+        return -((crop - size) // 2) if crop > size else round((size - crop) / 2.0)
+
+    left, top = offset(width), offset(height)
+    return left, top, left + crop, top + crop
+
+
+def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
+    """An RGB PIL image -> float32 tensor [3, H, W] the model expects (see `Preprocessing`)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = resized_size(image.width, image.height, spec)
+    if (width, height) != image.size:
+        image = image.resize((width, height), _PIL_FILTERS[spec.interpolation])
+    box = None
+    if spec.crop is not None and (spec.crop, spec.crop) != image.size:
+        box = crop_box(image.width, image.height, spec.crop)
+        if box[0] < 0 or box[1] < 0 or box[2] > image.width or box[3] > image.height:
+            image, box = image.crop(box), None  # PIL pads the part outside the image with zeros
+    pixels = _rgb_bytes_as_tensor(image)
+    if box is not None:
+        pixels = pixels[box[1]:box[3], box[0]:box[2]]
+    out = torch.empty((3, pixels.shape[0], pixels.shape[1]), dtype=torch.float32)
+    out.copy_(pixels.permute(2, 0, 1))  # uint8 HWC -> float32 CHW in one pass
+    out.div_(255)
+    if spec.mean is not None and spec.std is not None:
+        out.sub_(torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1))
+        out.div_(torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1))
+    return out
+
+
+def draft_size(spec: Preprocessing) -> tuple[int, int]:
+    """(width, height) a JPEG decoder may reduce to (`Image.draft`) without starving the resize.
+
+    `draft` keeps both edges at least this large, so an `exact` resize still downsamples to its
+    target and a `shorter_side` resize still finds a shorter side of at least `size[0]`.
+    """
+    if spec.resize_mode == "exact":
+        return spec.size[1], spec.size[0]
+    return spec.size[0], spec.size[0]
+
+
+def _rgb_bytes_as_tensor(image: Image.Image) -> torch.Tensor:
+    """The image's packed RGB bytes as a uint8 [H, W, 3] tensor without a further copy.
+
+    `tobytes` returns an immutable buffer; the tensor is only read (converted to float), so
+    PyTorch's warning about non-writable buffers does not apply here.
+    """
+    data = image.tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(data, dtype=torch.uint8)
+    return flat.view(image.height, image.width, 3)

@@ -1,0 +1,276 @@
+"""Publishing: a trained model in, an immutable model version in a store out.
+
+The pipeline, in order, so that nothing reaches the store unless it will serve:
+
+1. read the weights (`.pth` only through the weights-only unpickler, SageMaker `model.tar.gz`,
+   or `.safetensors`; a local path or an `s3://` URI), as float32;
+2. detect the architecture from the keys (flags override), resolve class names and preprocessing;
+3. build our torchvision-compatible ResNet, load the weights strictly and run one forward pass:
+   the output must have one finite logit per class name;
+4. refuse if the version already exists (versions are immutable), then upload the safetensors
+   weights, then the manifest (a version exists only once its manifest does), then the alias.
+
+`publish_state_dict` is steps 2-4 for an in-memory state dict: what training calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from model_store.exceptions import ArchitectureError, ManifestError, ModelStoreError, SourceError, StoreError
+from model_store.manifest import (
+    WEIGHTS_FILE,
+    Architecture,
+    Head,
+    Manifest,
+    Preprocessing,
+    WeightsFile,
+    check_name,
+    dog_breed_classes,
+    read_class_file,
+)
+from model_store.resnet import build_model, check_state_dict, detect_architecture
+from model_store.store import Store, check_key, manifest_key, open_store, version_key, write_alias
+from model_store.weights import read_state_dict, save_safetensors, sha256_file
+
+ClassesArg = str | Path | Sequence[str] | None
+PreprocessArg = str | Path | Preprocessing
+log = logging.getLogger(__name__)
+
+
+def publish(
+    source: str | Path,
+    store_uri: str,
+    name: str,
+    version: str,
+    *,
+    alias: str | None = None,
+    depth: int | None = None,
+    head_hidden: int | None = None,
+    classes: ClassesArg = None,
+    preprocess: PreprocessArg = "resize224",
+    trained: bool = True,
+    metrics: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Publish weights from `source` (local path or `s3://bucket/key`) as `name`/`version` in `store_uri`.
+
+    `depth` and `head_hidden` override what the keys say; `classes` is a class file (one name
+    per line) or a list, default the 133 dogImages breeds; `preprocess` is a preset name
+    (`resize224`, `imagenet`) or a JSON file. Step messages go to this module's logger and
+    transfers show the store's progress line, when `progress` is on.
+    """
+    _check_names(name, version, alias)
+    class_names = resolve_classes(classes)
+    spec = resolve_preprocessing(preprocess)
+    _refuse_existing(open_store(store_uri), name, version)  # fail before a long download
+    with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
+        local = _fetch_source(str(source), Path(workdir), progress)
+        _step(progress, f"reading {local}")
+        state_dict = read_state_dict(local)
+    arch, num_classes = _choose_architecture(state_dict, depth, head_hidden)
+    if num_classes is not None:
+        _step(progress, f"detected {_describe_arch(arch)} with {num_classes} outputs")
+    return publish_state_dict(
+        state_dict, store_uri, name, version,
+        arch=arch, class_names=class_names, preprocess=spec, trained=trained,
+        source=str(source), metrics=metrics, alias=alias, progress=progress,
+    )
+
+
+def publish_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    store_uri: str,
+    name: str,
+    version: str,
+    *,
+    arch: Architecture,
+    class_names: Sequence[str],
+    preprocess: PreprocessArg,
+    trained: bool,
+    source: str,
+    metrics: Mapping[str, Any] | None = None,
+    alias: str | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Check an in-memory state dict end to end, then upload weights, manifest and alias, in that order."""
+    _check_names(name, version, alias)
+    spec = resolve_preprocessing(preprocess)
+    names = resolve_classes(class_names)
+    weights = {key: _as_fp32(tensor) for key, tensor in state_dict.items()}
+    verify_weights(weights, arch, names, spec)
+    _step(progress, f"checked {_describe_arch(arch)}: strict load and one forward pass give "
+                    f"{len(names)} finite logits")
+    store = open_store(store_uri)
+    _refuse_existing(store, name, version)
+    with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
+        weights_path = Path(workdir) / WEIGHTS_FILE
+        save_safetensors(weights, weights_path)
+        entry = WeightsFile(file=WEIGHTS_FILE, format="safetensors", sha256=sha256_file(weights_path),
+                            size=weights_path.stat().st_size)
+        manifest = Manifest(
+            name=name, version=version, arch=arch, class_names=names, preprocess=spec,
+            weights={"fp32": entry}, trained=trained, source=source, metrics=dict(metrics or {}),
+        )
+        weights_key = version_key(name, version, WEIGHTS_FILE)
+        _step(progress, f"uploading {entry.size / 1e6:.1f} MB to {store.describe(weights_key)}")
+        store.put_file(weights_key, weights_path, progress=True if progress else None)
+    _refuse_existing(store, name, version)  # another publisher may have finished meanwhile
+    store.write_bytes(manifest_key(name, version), manifest.to_json().encode("utf-8"))
+    _step(progress, f"published {name} {version} (sha256 {entry.sha256[:12]}...)")
+    if alias is not None:
+        write_alias(store, name, alias, version)
+        _step(progress, f"alias {alias} -> {version}")
+    return manifest
+
+
+def verify_weights(state_dict: Mapping[str, torch.Tensor], arch: Architecture, class_names: Sequence[str],
+                   spec: Preprocessing) -> None:
+    """Load strictly and run once; raise ArchitectureError saying exactly what does not fit.
+
+    This is the gate before any upload: a version that reaches the store is one that serves.
+    """
+    num_classes = _head_outputs(state_dict, arch)
+    if num_classes is not None and num_classes != len(class_names):
+        raise ArchitectureError(
+            f"head has {num_classes} outputs but {len(class_names)} class names given"
+        )
+    check_state_dict(arch, len(class_names), state_dict)
+    model = build_model(arch, len(class_names), device="meta")
+    model.load_state_dict(dict(state_dict), strict=True, assign=True)
+    model.eval()
+    height, width = _probe_size(spec)
+    probe = torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        logits = model(probe)
+    if tuple(logits.shape) != (1, len(class_names)):
+        raise ArchitectureError(
+            f"one forward pass gave logits of shape {list(logits.shape)}, expected [1, {len(class_names)}]"
+        )
+    if not torch.isfinite(logits).all():
+        broken = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        where = f"; tensors holding NaN/inf: {', '.join(broken[:8])}" if broken else ""
+        raise ArchitectureError(f"one forward pass gave non-finite logits (NaN or inf){where}")
+
+
+def resolve_classes(classes: ClassesArg) -> tuple[str, ...]:
+    """None -> the 133 dogImages breeds; a path -> its lines; a sequence -> as given."""
+    if classes is None:
+        return dog_breed_classes()
+    if isinstance(classes, (str, Path)):
+        return read_class_file(Path(classes))
+    names = tuple(str(c) for c in classes)
+    if not names or len(set(names)) != len(names):
+        raise ManifestError("class names must be a non-empty list without repeats")
+    return names
+
+
+def resolve_preprocessing(preprocess: PreprocessArg) -> Preprocessing:
+    """A `Preprocessing`, a preset name (`resize224`, `imagenet`) or the path of a JSON file."""
+    if isinstance(preprocess, Preprocessing):
+        return preprocess
+    text = str(preprocess)
+    if not text.endswith(".json"):
+        return Preprocessing.preset(text)
+    try:
+        data = json.loads(Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"cannot read preprocessing file {text}: {exc}") from exc
+    except ValueError as exc:
+        raise ManifestError(f"preprocessing file {text} is not valid JSON: {exc}") from exc
+    return Preprocessing.from_dict(data)
+
+
+def _choose_architecture(state_dict: Mapping[str, torch.Tensor], depth: int | None,
+                         head_hidden: int | None) -> tuple[Architecture, int | None]:
+    """Detected architecture with the flags applied; flags alone when detection fails and they suffice."""
+    try:
+        arch, num_classes = detect_architecture(state_dict)
+    except ArchitectureError:
+        if depth is None:
+            raise
+        head = Head(type="mlp", hidden=head_hidden) if head_hidden else Head(type="linear")
+        return Architecture(depth=depth, head=head), None  # verify_weights will say what does not fit
+    if depth is not None:
+        arch = replace(arch, depth=depth)
+    if head_hidden is not None:
+        arch = replace(arch, head=Head(type="mlp", hidden=head_hidden, dropout=arch.head.dropout))
+    return arch, num_classes
+
+
+def _head_outputs(state_dict: Mapping[str, torch.Tensor], arch: Architecture) -> int | None:
+    """How many logits the head's last Linear produces, if its weight is there."""
+    key = "fc.weight" if arch.head.type == "linear" else f"fc.{3 if arch.head.dropout else 2}.weight"
+    weight = state_dict.get(key)
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
+def _probe_size(spec: Preprocessing) -> tuple[int, int]:
+    if spec.crop is not None or spec.resize_mode == "exact":
+        return spec.output_size
+    return (spec.size[0], spec.size[0])  # shorter-side resize without crop: any aspect works
+
+
+def _as_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """The `fp32` variant: floating tensors as float32, integer buffers (num_batches_tracked) unchanged."""
+    tensor = tensor.detach()
+    return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
+
+
+def _check_names(name: str, version: str, alias: str | None) -> None:
+    check_name("name", name)
+    check_name("version", version)
+    if alias is not None:
+        check_name("alias", alias)
+
+
+def _refuse_existing(store: Store, name: str, version: str) -> None:
+    if store.exists(manifest_key(name, version)):
+        raise ModelStoreError(
+            f"{name} {version} is already published in {store.uri} and versions are immutable: "
+            "publish a new version (and move an alias to it) instead"
+        )
+
+
+def _fetch_source(source: str, workdir: Path, progress: bool) -> Path:
+    """A local path as is; an `s3://bucket/key` downloaded into `workdir` under its own file name."""
+    if not source.startswith("s3://"):
+        path = Path(source.removeprefix("file://"))
+        if not path.is_file():
+            raise SourceError(f"weights source {source} does not exist or is not a file")
+        return path
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    parent, file_name = PurePosixPath(key).parent.as_posix(), PurePosixPath(key).name
+    if not bucket or not file_name or key.endswith("/"):
+        raise SourceError(f"{source} is not an S3 object URI: expected s3://bucket/path/model.tar.gz")
+    try:
+        check_key(file_name)
+    except StoreError as exc:
+        raise SourceError(f"cannot download {source}: unsupported file name ({exc})") from exc
+    remote = open_store(f"s3://{bucket}" + ("" if parent == "." else f"/{parent}"))
+    if not remote.exists(file_name):
+        raise SourceError(f"{source} does not exist")
+    local = workdir / file_name
+    _step(progress, f"downloading {source}")
+    remote.get_file(file_name, local, progress=True if progress else None)
+    return local
+
+
+def _describe_arch(arch: Architecture) -> str:
+    head = arch.head
+    if head.type == "linear":
+        return f"{arch.label}, Linear head"
+    return f"{arch.label}, head Linear({head.hidden}), ReLU, {'Dropout, ' if head.dropout else ''}Linear"
+
+
+def _step(progress: bool, message: str) -> None:
+    if progress:
+        log.info("%s", message)

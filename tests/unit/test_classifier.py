@@ -1,0 +1,197 @@
+"""The Classifier's steps with a tiny colour model whose right answers are known in advance."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from handler.classifier import UNTRAINED_WARNING, Classifier
+from handler.exceptions import BadRequestError, DeadlineExceededError, HandlerError, InternalError
+from model_store.manifest import Architecture, Manifest, Preprocessing, WeightsFile
+
+CLASSES = ("001.Red_setter", "002.Green_dog", "003.Blue_heeler")
+RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
+
+
+class MeanColour(nn.Module):
+    """logits = scale * mean(R, G, B): a red image is class 0, green 1, blue 2. Counts its batches."""
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__()
+        self.scale = scale
+        self.batches: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.batches.append(int(x.shape[0]))
+        return self.scale * x.mean(dim=(2, 3))
+
+
+class Constant(nn.Module):
+    """Always the same logits row (to feed postprocess edge cases through the real path)."""
+
+    def __init__(self, row: list[float]) -> None:
+        super().__init__()
+        self.row = torch.tensor([row])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.row.expand(x.shape[0], -1)
+
+
+def manifest(trained: bool = True) -> Manifest:
+    return Manifest(
+        name="tiny", version="v1", arch=Architecture(depth=18), class_names=CLASSES,
+        preprocess=Preprocessing(resize_mode="exact", size=(32, 32)),
+        weights={"fp32": WeightsFile("model.safetensors", "safetensors", "0" * 64, 1)}, trained=trained,
+    )
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class RefuseAll:
+    """A deadline that has run out: records what it was asked, then refuses."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def check(self, expected_ms: float) -> None:
+        self.asked.append(expected_ms)
+        raise DeadlineExceededError("no time left")
+
+
+@pytest.fixture
+def classifier() -> Classifier:
+    return Classifier(MeanColour(), manifest(), "fp32")
+
+
+def test_classify_ranks_the_right_class_first(classifier: Classifier) -> None:
+    # GIVEN a red photo
+    # WHEN classified with top_k=3
+    body = classifier.classify(png(RED), top_k=3)
+    # THEN red comes first, labels are display names, probabilities are sorted and sum to 1
+    predictions = body["predictions"]
+    assert [p["index"] for p in predictions][0] == 0
+    assert predictions[0]["label"] == "Red setter"
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert math.isclose(sum(probabilities), 1.0, rel_tol=1e-9)
+    assert body["model"] == {"name": "tiny", "version": "v1", "variant": "fp32"}
+    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
+    assert "warning" not in body and "logits" not in body
+
+
+@pytest.mark.parametrize("colour, index", [(GREEN, 1), (BLUE, 2)])
+def test_each_colour_gets_its_class(classifier: Classifier, colour: tuple[int, int, int], index: int) -> None:
+    assert classifier.classify(png(colour), top_k=1)["predictions"][0]["index"] == index
+
+
+def test_top_k_one_has_probability_below_one(classifier: Classifier) -> None:
+    # GIVEN top_k=1  WHEN classified  THEN one prediction whose probability is a softmax share (< 1)
+    predictions = classifier.classify(png(RED), top_k=1)["predictions"]
+    assert len(predictions) == 1 and 0 < predictions[0]["probability"] < 1
+
+
+def test_logits_are_the_models_raw_output(classifier: Classifier) -> None:
+    # GIVEN include_logits  WHEN a blue image is classified
+    body = classifier.classify(png(BLUE), top_k=2, include_logits=True)
+    # THEN the raw logits (one per class) come back: scale * mean colour / 255
+    assert body["logits"] == pytest.approx([10 * 10 / 255, 10 * 10 / 255, 10 * 230 / 255], rel=1e-5)
+
+
+def test_untrained_model_carries_the_warning() -> None:
+    # GIVEN a manifest marked trained: false  WHEN classifying  THEN the warning is in the body
+    body = Classifier(MeanColour(), manifest(trained=False)).classify(png(RED))
+    assert body["warning"] == UNTRAINED_WARNING
+
+
+def test_default_top_k_is_capped_at_the_class_count(classifier: Classifier) -> None:
+    # GIVEN a 3-class model (fewer than the default 5)  WHEN top_k is not given
+    predictions = classifier.classify(png(GREEN))["predictions"]
+    # THEN every class is listed once
+    assert sorted(p["index"] for p in predictions) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 4, 1000, True, "2", 2.0])
+def test_bad_top_k(classifier: Classifier, top_k: object) -> None:
+    # GIVEN a top_k that is not an integer in 1..3  WHEN classifying  THEN bad_top_k naming the range
+    with pytest.raises(BadRequestError) as caught:
+        classifier.classify(png(RED), top_k=top_k)  # type: ignore[arg-type]
+    assert caught.value.code == "bad_top_k" and "1 to 3" in caught.value.message
+
+
+def test_preprocess_gives_a_batch_of_one(classifier: Classifier) -> None:
+    tensor = classifier.preprocess(Image.new("RGB", (100, 50), RED))
+    assert tensor.shape == (1, 3, 32, 32) and tensor.dtype == torch.float32
+
+
+@pytest.mark.parametrize("row", [[1.0, float("nan"), 0.0], [float("inf"), 0.0, 0.0]])
+def test_non_finite_scores_are_an_internal_error(row: list[float]) -> None:
+    # GIVEN a model that outputs NaN or infinity
+    # WHEN classifying  THEN a 500 whose message names the problem, never NaN in JSON
+    with pytest.raises(InternalError, match="non-finite"):
+        Classifier(Constant(row), manifest()).classify(png(RED))
+
+
+def test_wrong_number_of_scores_is_an_internal_error() -> None:
+    with pytest.raises(InternalError, match="2 scores for 3 classes"):
+        Classifier(Constant([1.0, 2.0]), manifest()).classify(png(RED))
+
+
+def test_batch_runs_one_forward_pass_and_keeps_order() -> None:
+    # GIVEN red, garbage and blue images
+    model = MeanColour()
+    classifier = Classifier(model, manifest())
+    # WHEN classified as a batch
+    results = classifier.classify_batch([png(RED), b"not an image", png(BLUE)], top_k=2)
+    # THEN ONE forward pass of the two good images ran, results are in input order,
+    # and the bad image's slot holds its error
+    assert model.batches == [2]
+    assert isinstance(results[0], dict) and results[0]["predictions"][0]["index"] == 0
+    assert isinstance(results[1], HandlerError) and results[1].code == "not_an_image"
+    assert isinstance(results[2], dict) and results[2]["predictions"][0]["index"] == 2
+    assert results[0]["timing_ms"]["inference"] == results[2]["timing_ms"]["inference"]
+    assert len(results[0]["predictions"]) == 2
+
+
+def test_batch_of_only_bad_images_runs_nothing() -> None:
+    model = MeanColour()
+    results = Classifier(model, manifest()).classify_batch([b"x", b""])
+    assert model.batches == [] and all(isinstance(r, HandlerError) for r in results)
+
+
+def test_a_spent_deadline_stops_before_inference() -> None:
+    # GIVEN a deadline that has run out
+    model = MeanColour()
+    classifier = Classifier(model, manifest())
+    deadline = RefuseAll()
+    # WHEN classifying  THEN the deadline error comes out and the model never ran
+    with pytest.raises(DeadlineExceededError):
+        classifier.classify(png(RED), deadline=deadline)
+    with pytest.raises(DeadlineExceededError):
+        classifier.classify_batch([png(RED)], deadline=deadline)
+    assert model.batches == []
+    assert deadline.asked == [0.0, 0.0]  # nothing measured yet: no inference time expected
+
+
+def test_warm_up_seeds_the_inference_estimate(classifier: Classifier) -> None:
+    # GIVEN a fresh classifier (no estimate)
+    assert classifier.expected_inference_ms(4) == 0.0
+    # WHEN warmed up  THEN the per-image estimate exists and scales with the batch
+    classifier.warm_up()
+    one = classifier.expected_inference_ms(1)
+    assert one > 0 and classifier.expected_inference_ms(4) == pytest.approx(4 * one)
+
+
+def test_describe_is_the_model_endpoint_body(classifier: Classifier) -> None:
+    info = classifier.describe()
+    assert info["arch"] == "resnet18" and info["num_classes"] == 3 and info["trained"] is True
+    assert info["preprocess"]["size"] == [32, 32] and info["variant"] == "fp32" and info["variants"] == ["fp32"]

@@ -1,0 +1,125 @@
+"""Our preprocessing against torchvision's transforms on the same PIL images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from model_store.manifest import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from model_store.preprocess import crop_box, draft_size, to_tensor
+
+ODD_SIZES = [(301, 197), (197, 301), (225, 223), (1001, 777), (100, 60), (224, 224), (256, 257)]
+
+
+def noisy_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A gradient plus noise: neighbouring pixels differ, so any resampling difference shows."""
+    rng = np.random.default_rng(seed + width * 7 + height)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / max(width - 1, 1), yy * 255 / max(height - 1, 1), (xx + yy) % 256], axis=-1)
+    pixels = np.clip(base + rng.integers(-40, 41, (height, width, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def reference_pipeline(spec: Preprocessing) -> transforms.Compose:
+    """The torchvision transforms a training script would have written for `spec`."""
+    modes = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC,
+             "nearest": transforms.InterpolationMode.NEAREST}
+    size = spec.size if spec.resize_mode == "exact" else spec.size[0]
+    steps: list[object] = [transforms.Resize(size, interpolation=modes[spec.interpolation])]
+    if spec.crop is not None:
+        steps.append(transforms.CenterCrop(spec.crop))
+    steps.append(transforms.ToTensor())
+    if spec.mean is not None:
+        steps.append(transforms.Normalize(spec.mean, spec.std))
+    return transforms.Compose(steps)
+
+
+@pytest.mark.parametrize("preset", ["resize224", "imagenet"])
+@pytest.mark.parametrize(("width", "height"), ODD_SIZES)
+def test_presets_equal_torchvision(preset: str, width: int, height: int) -> None:
+    # GIVEN an odd-sized RGB image and a preset
+    image, spec = noisy_image(width, height), Preprocessing.preset(preset)
+    # WHEN both pipelines turn it into a tensor
+    expected, got = reference_pipeline(spec)(image), to_tensor(image, spec)
+    # THEN shapes, dtype and values agree
+    assert got.shape == expected.shape == (3, 224, 224)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Preprocessing(resize_mode="exact", size=(200, 150), interpolation="bicubic"),
+        Preprocessing(resize_mode="exact", size=(97, 131), interpolation="nearest"),
+        Preprocessing(resize_mode="shorter_side", size=(160,), crop=200),  # crop larger than the short side
+        Preprocessing(resize_mode="shorter_side", size=(150,), crop=151, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        Preprocessing(resize_mode="exact", size=(120, 90), crop=101),  # pads one edge, crops the other
+    ],
+    ids=["bicubic", "nearest", "crop-over-short-side", "odd-crop-normalized", "exact-then-crop"],
+)
+@pytest.mark.parametrize(("width", "height"), [(301, 197), (197, 301)])
+def test_other_specs_equal_torchvision(spec: Preprocessing, width: int, height: int) -> None:
+    # GIVEN an odd-sized image and a less common preprocessing
+    image = noisy_image(width, height, seed=3)
+    # WHEN both pipelines run
+    expected, got = reference_pipeline(spec)(image), to_tensor(image, spec)
+    # THEN they agree, padding included
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+def test_non_rgb_input_is_converted_first() -> None:
+    # GIVEN a greyscale image
+    grey = noisy_image(150, 120).convert("L")
+    # WHEN it is preprocessed
+    got = to_tensor(grey, Preprocessing.preset("resize224"))
+    # THEN it is treated as the RGB image it converts to
+    expected = reference_pipeline(Preprocessing.preset("resize224"))(grey.convert("RGB"))
+    assert torch.equal(got, expected)
+
+
+def test_input_image_is_not_modified() -> None:
+    # GIVEN an image the right size already (no resize, so the tensor is made from its own bytes)
+    image = noisy_image(224, 224)
+    before = image.tobytes()
+    # WHEN it is preprocessed with normalization
+    to_tensor(image, Preprocessing(resize_mode="exact", size=(224, 224), mean=(0.5,) * 3, std=(0.2,) * 3))
+    # THEN its pixels are untouched
+    assert image.tobytes() == before
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "crop", "box"),
+    [(256, 341, 224, (16, 58, 240, 282)), (256, 257, 224, (16, 16, 240, 240)), (200, 300, 223, (-11, 38, 212, 261))],
+)
+def test_crop_box_rounds_and_pads_like_torchvision(width: int, height: int, crop: int,
+                                                   box: tuple[int, int, int, int]) -> None:
+    # GIVEN / WHEN a centre crop box is computed
+    # THEN it follows torchvision: round half to even when cropping, floor of half the excess when padding
+    assert crop_box(width, height, crop) == box
+
+
+def test_draft_size_exact_is_the_target() -> None:
+    # GIVEN / WHEN / THEN an exact resize may decode down to exactly its (width, height)
+    assert draft_size(Preprocessing.preset("resize224")) == (224, 224)
+    assert draft_size(Preprocessing(resize_mode="exact", size=(200, 300))) == (300, 200)
+
+
+def test_draft_size_shorter_side_keeps_the_shorter_side() -> None:
+    # GIVEN a 1600x1200 JPEG and the imagenet preset (shorter side 256)
+    spec = Preprocessing.preset("imagenet")
+    jpeg = noisy_image(1600, 1200)
+    buffer = io.BytesIO()
+    jpeg.save(buffer, format="JPEG")
+    decoded = Image.open(buffer)
+    # WHEN the decoder is allowed to reduce to draft_size
+    decoded.draft("RGB", draft_size(spec))
+    # THEN it did reduce, but the shorter side still covers the resize
+    assert decoded.size[0] < 1600 and min(decoded.size) >= 256
+    assert to_tensor(decoded.convert("RGB"), spec).shape == (3, 224, 224)
