@@ -21,13 +21,16 @@ RUN python3 -m venv /opt/venv
 
 # torch alone, from the PyTorch index only (--isolated: no pip configuration can add PyPI, whose
 # x86_64 torch is the CUDA build). TORCH_VERSION may carry a local label, e.g. 2.14.1+cpu.
-# torch's own test helpers are left uncompiled: some use syntax newer than the base's Python.
+# Dropped from the wheel: C++ headers, C++ test binaries and console scripts (~200 MB that only
+# extension builds and torch's own tests use). torch's Python test helpers stay, uncompiled: some
+# use syntax newer than the base's Python.
 FROM python-base AS torch
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
-RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps --only-binary=:all: \
+RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps --only-binary=:all: --progress-bar off \
         --index-url "${TORCH_INDEX_URL}" --target /opt/torch "torch==${TORCH_VERSION}" \
-    && rm -rf /opt/torch/bin \
+    && rm -rf /opt/torch/bin /opt/torch/torch/include /opt/torch/torch/test \
+    && find /opt/torch/torch/bin -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
     && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
         -x '/torch/testing/_internal/' /opt/torch
 
@@ -37,8 +40,8 @@ RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps -
 FROM python-base AS deps
 ARG PIP_CONFIG_FILE
 COPY requirements-image.txt /tmp/requirements-image.txt
-COPY --from=torch /opt/torch /opt/torch
-RUN /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps --only-binary=:all: \
+RUN --mount=type=bind,from=torch,source=/opt/torch,target=/opt/torch \
+    /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps --only-binary=:all: --progress-bar off \
         --requirement /tmp/requirements-image.txt \
     && echo /opt/torch \
         > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/breedserve-torch.pth" \
@@ -66,7 +69,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
 # honest about running without root.
 RUN python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash \
         "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" \
-    && useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home \
+    && useradd --uid 10001 --user-group --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin breedserve
 COPY --from=torch /opt/torch /opt/torch
 COPY --from=deps /opt/venv /opt/venv

@@ -31,6 +31,8 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "cost": Subcommand("benchmarks.cost",
                        "monthly cost and cost per 1M requests: Lambda vs SageMaker for one scenario"),
+    "latency": Subcommand("benchmarks.latency",
+                          "cold start, warm p50/p90/p99 per step, roofline and targets: latency.json + .md"),
 }
 
 

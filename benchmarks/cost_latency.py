@@ -56,12 +56,19 @@ class LatencyReport:
     recommended_memory_mb: int | None = None
     cold_start: ColdStart | None = None
     peak_rss_mb: float | None = None
+    # Written by the latency benchmark for people and for issue 8's targets; the cost model does not
+    # read them. `roofline`: matmul peak and model FLOPs; `targets`: rows of {name, measured, target,
+    # ratio, met, note}; `details`: thread plan, cold-start samples, photos, batch run, rules used.
+    roofline: Mapping[str, Any] = field(default_factory=dict)
+    targets: tuple[Mapping[str, Any], ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (results as a list, absent optionals as null)."""
         data = asdict(self)
         data["results"] = [asdict(r) for r in self.results]
+        data["targets"] = [dict(t) for t in self.targets]
         return data
 
 
@@ -98,6 +105,12 @@ def latency_from_dict(data: Any, where: str = "latency.json") -> LatencyReport:
     if not isinstance(machine, dict):
         raise LatencyFileError(f"{where}: `machine` must be an object")
     recommended = data.get("recommended_memory_mb")
+    roofline, details = data.get("roofline") or {}, data.get("details") or {}
+    targets = data.get("targets") or []
+    if not isinstance(roofline, dict) or not isinstance(details, dict):
+        raise LatencyFileError(f"{where}: `roofline` and `details` must be objects")
+    if not isinstance(targets, list | tuple) or not all(isinstance(t, dict) for t in targets):
+        raise LatencyFileError(f"{where}: `targets` must be a list of objects")
     return LatencyReport(
         results=results,
         machine=machine,
@@ -106,6 +119,9 @@ def latency_from_dict(data: Any, where: str = "latency.json") -> LatencyReport:
         cold_start=None if cold is None else _cold_start(cold, f"{where}: cold_start"),
         peak_rss_mb=None if data.get("peak_rss_mb") is None else _number(data["peak_rss_mb"], where,
                                                                          "peak_rss_mb"),
+        roofline=roofline,
+        targets=tuple(targets),
+        details=details,
     )
 
 

@@ -7,6 +7,7 @@ source URL and as-of date beside it; the report prints both for every price it u
 from __future__ import annotations
 
 import tomllib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -14,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cost_format import format_unit_price
 from benchmarks.exceptions import PricingError
 
 ARCHITECTURES = ("x86_64", "arm64")
@@ -21,12 +23,16 @@ DEFAULT_PRICING_FILE = "pricing.toml"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Sourced:
+class Sourced(ABC):
     """Where an entry of the table came from: the page and the day it was read."""
 
     source: str
     as_of: date
     note: str = ""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The entry in words, for the report's price table."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +41,9 @@ class Price(Sourced):
 
     usd: float
     unit: str
+
+    def describe(self) -> str:
+        return f"{format_unit_price(self.usd)} per {self.unit}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,14 @@ class TieredPrice(Sourced):
             floor = ceiling
         return total
 
+    def describe(self) -> str:
+        parts, floor = [], 0.0
+        for tier in self.tiers:
+            span = f"over {floor / 1e9:g} B" if tier.up_to is None else f"to {tier.up_to / 1e9:g} B"
+            parts.append(f"{format_unit_price(tier.usd)} ({span})")
+            floor = tier.up_to or floor
+        return f"per {self.unit}: " + ", ".join(parts)
+
     def thresholds(self) -> tuple[float, ...]:
         """Usage levels where the rate changes."""
         return tuple(t.up_to for t in self.tiers if t.up_to is not None)
@@ -75,6 +92,9 @@ class FreeTier(Sourced):
     requests: float
     gb_seconds: float
 
+    def describe(self) -> str:
+        return f"{self.requests:,.0f} requests and {self.gb_seconds:,.0f} GB-s per month"
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServerlessLimits(Sourced):
@@ -83,6 +103,11 @@ class ServerlessLimits(Sourced):
     memory_mb: tuple[int, ...]
     max_duration_s: float
     max_payload_mb: float
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{m:,}" for m in self.memory_mb)
+        return (f"memory {sizes} MB; at most {self.max_duration_s:g} s and {self.max_payload_mb:g} MB "
+                "per invocation")
 
 
 @dataclass(frozen=True)

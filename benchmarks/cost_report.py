@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from benchmarks.cost_breakeven import BreakEven, impossible, solve_break_even
-from benchmarks.cost_format import format_mb, format_requests, format_unit_price, format_usd
+from benchmarks.cost_format import format_mb, format_requests, format_usd
 from benchmarks.cost_latency import LatencyReport, select_warm_result
 from benchmarks.cost_model import (
     OptionCost,
@@ -22,15 +22,7 @@ from benchmarks.cost_model import (
     sagemaker_serverless_cost,
     supporting_cost,
 )
-from benchmarks.cost_pricing import (
-    ARCHITECTURES,
-    FreeTier,
-    Price,
-    Pricing,
-    ServerlessLimits,
-    Sourced,
-    TieredPrice,
-)
+from benchmarks.cost_pricing import ARCHITECTURES, Pricing
 from benchmarks.cost_scenario import Scenario
 from benchmarks.exceptions import BenchmarkError
 
@@ -284,23 +276,6 @@ def _inputs_rows(result: CostEstimate) -> list[list[str]]:
     ]
 
 
-def _price_text(entry: Sourced) -> str:
-    if isinstance(entry, Price):
-        return f"{format_unit_price(entry.usd)} per {entry.unit}"
-    if isinstance(entry, TieredPrice):
-        parts, floor = [], 0.0
-        for tier in entry.tiers:
-            span = f"over {floor / 1e9:g} B" if tier.up_to is None else f"to {tier.up_to / 1e9:g} B"
-            parts.append(f"{format_unit_price(tier.usd)} ({span})")
-            floor = tier.up_to or floor
-        return f"per {entry.unit}: " + ", ".join(parts)
-    if isinstance(entry, FreeTier):
-        return f"{entry.requests:,.0f} requests and {entry.gb_seconds:,.0f} GB-s per month"
-    assert isinstance(entry, ServerlessLimits), entry
-    return (f"memory {', '.join(f'{m:,}' for m in entry.memory_mb)} MB; at most {entry.max_duration_s:g} s "
-            f"and {entry.max_payload_mb:g} MB per invocation")
-
-
 ASSUMPTIONS = (
     ("Prices are on-demand list prices for the region shown, without savings plans or taxes; "
      "GB = 1,024 MB and KB = 1,024 bytes, as AWS bills them."),
@@ -315,7 +290,8 @@ ASSUMPTIONS = (
      "it to functions with provisioned concurrency. Volume tiers apply to the month's on-demand GB-s."),
     "Ephemeral storage above 512 MB is billed for every billed second (invocations and inits).",
     ("SageMaker data processing ($ per GB in and out) applies to Serverless and real-time endpoints alike; "
-     "a real-time option is one instance all month whatever the volume (its capacity is not modelled). "
+     "a real-time option is one instance all month whatever the volume (the verdict warns when one "
+     "instance serving one request at a time could not keep up). "
      "SageMaker's own copy of the model in S3 and any container image are not counted."),
     "Lambda arm64 rows reuse the measured (x86_64 host) duration: measure on Graviton before relying on them.",
 )
@@ -332,7 +308,9 @@ def render_markdown(result: CostEstimate, plots: Mapping[str, str] | None = None
                     _summary_rows(result), right=(1, 2))
     lines += ["", "### Line items", ""]
     lines += _table(["item", "per month"], _items_rows(result), right=(1,))
-    lines += ["", "Lambda items not listed (init, provisioned concurrency, free tier, ...) are $0.00 here."]
+    zero = [k.replace("_", " ") for k, v in result.lambda_bill.items.items() if v == 0]
+    if zero:
+        lines += ["", f"Lambda items at $0.00 here (not listed): {', '.join(zero)}."]
     notes = [*result.lambda_bill.notes]
     if notes:
         lines += ["", *(f"Note: {n}." for n in notes)]
@@ -346,6 +324,6 @@ def render_markdown(result: CostEstimate, plots: Mapping[str, str] | None = None
     lines += [""] + [f"- {a}" for a in ASSUMPTIONS]
     lines += ["", f"### Prices ({result.pricing.region})", ""]
     lines += _table(["item", "price", "source", "as of"],
-                    [[name, _price_text(entry) + (f" ({entry.note})" if entry.note else ""),
+                    [[name, entry.describe() + (f" ({entry.note})" if entry.note else ""),
                       entry.source, entry.as_of.isoformat()] for name, entry in result.pricing.entries()])
     return "\n".join(lines) + "\n"

@@ -21,3 +21,7 @@ class ScenarioError(BenchmarkError):
 
 class LatencyFileError(BenchmarkError):
     """A latency.json file is unreadable, of an unknown schema, or lacks the figure asked for."""
+
+
+class LatencyBenchmarkError(BenchmarkError):
+    """The latency benchmark cannot measure: no model, a failed child process, or a failed request."""

@@ -37,7 +37,7 @@ def detect_engine(preference: str = "auto") -> str:
     if shutil.which("docker") is not None:
         try:
             answered = subprocess.run(["docker", "info"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      timeout=10).returncode == 0
+                                      timeout=10, check=False).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             answered = False
         if answered:
@@ -66,8 +66,9 @@ def container_command(config: EmulatorConfig, engine: str, api_address: str, nam
     """The full `<engine> run ...` command line for one runtime container."""
     if not config.image:
         raise ValueError("container_command needs config.image")
+    # The container's own /tmp, a fresh tmpfs: the only writable path, as on Lambda.
     command = [engine, "run", "--rm", "--name", name, "--pull", "never", "--network", "host",
-               "--read-only", "--tmpfs", "/tmp"]
+               "--read-only", "--tmpfs", "/tmp"]  # nosec B108
     if config.model_root is not None:
         command += ["-v", f"{os.path.abspath(config.model_root)}:{CONTAINER_MODEL_ROOT}:ro"]
     for key, value in lambda_environment(config, api_address, in_container=True).items():
@@ -93,7 +94,7 @@ class ContainerProcess(RuntimeProcess):
         if self._container_pid is None and self.popen.poll() is None:
             try:
                 out = subprocess.run([self.engine, "inspect", "--format", "{{.State.Pid}}", self.name],
-                                     capture_output=True, text=True, timeout=_ENGINE_TIMEOUT_S)
+                                     capture_output=True, text=True, timeout=_ENGINE_TIMEOUT_S, check=False)
                 pid = int(out.stdout.strip() or 0)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pid = 0
@@ -105,7 +106,7 @@ class ContainerProcess(RuntimeProcess):
         if self.popen.poll() is None:
             try:
                 subprocess.run([self.engine, "kill", self.name], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=_ENGINE_TIMEOUT_S)
+                               stderr=subprocess.DEVNULL, timeout=_ENGINE_TIMEOUT_S, check=False)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         if not reap(self.popen, 10.0):
@@ -129,7 +130,7 @@ class ContainerLauncher(Launcher):
         try:
             found = subprocess.run([self.engine, "image", "inspect", str(self.config.image)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   timeout=_ENGINE_TIMEOUT_S).returncode == 0
+                                   timeout=_ENGINE_TIMEOUT_S, check=False).returncode == 0
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ContainerEngineError(f"{self.engine} did not answer: {exc}") from exc
         if not found:

@@ -59,7 +59,7 @@ class _GatewayHandler(FastHandler):
     sys_version = ""
     server: Gateway
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """No access log: the REPORT lines already say what happened."""
 
     def _dispatch(self) -> None:
@@ -77,7 +77,7 @@ class _GatewayHandler(FastHandler):
         except EmulatorError as exc:
             self.server.log(f"emulator: {self.command} {path} failed: {exc}")
             send(self, 500, json.dumps({"Message": str(exc)}).encode(), content_type="application/json")
-        except Exception:  # a bug here must not look like a dropped connection to the client
+        except Exception:  # noqa: BLE001 - a bug here must not look like a dropped connection
             self.server.log(f"emulator: {self.command} {path} failed:\n{traceback.format_exc()}")
             self.close_connection = True
             send(self, 500, b'{"Message":"emulator internal error"}', content_type="application/json")

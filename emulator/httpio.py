@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 # A body larger than this is not even read: the connection is closed after the answer.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
@@ -35,7 +36,7 @@ class QuietServer(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)

@@ -75,8 +75,13 @@ def billed_duration_ms(duration_ms: float, init_duration_ms: float | None) -> in
     return math.ceil(duration_ms + (init_duration_ms or 0.0))
 
 
+def start_line(request_id: str) -> str:
+    """Logged when the runtime is handed the event, so the handler's own lines follow it."""
+    return f"START RequestId: {request_id} Version: $LATEST"
+
+
 def report_lines(record: InvocationRecord) -> list[str]:
-    """START / END / REPORT, tab-separated as Lambda writes them to CloudWatch."""
+    """END and REPORT (tab-separated fields), as Lambda writes them after an invocation."""
     fields = [
         f"REPORT RequestId: {record.request_id}",
         f"Duration: {record.duration_ms:.2f} ms",
@@ -90,11 +95,7 @@ def report_lines(record: InvocationRecord) -> list[str]:
         fields.append("Status: timeout")
     elif record.status in (INIT_ERROR, CRASH):
         fields += ["Status: error", f"Error Type: {record.error_type}"]
-    return [
-        f"START RequestId: {record.request_id} Version: $LATEST",
-        f"END RequestId: {record.request_id}",
-        "\t".join(fields),
-    ]
+    return [f"END RequestId: {record.request_id}", "\t".join(fields)]
 
 
 class StreamLog:

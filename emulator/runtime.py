@@ -22,8 +22,18 @@ from typing import IO, Any
 from emulator import procfs
 from emulator.config import EmulatorConfig, local_process_environment
 from emulator.exceptions import EmulatorClosedError, RuntimeStartError
-from emulator.report import (CRASH, ERROR, INIT_ERROR, OK, TIMEOUT, InvocationRecord, LogSink, RuntimeStats,
-                             billed_duration_ms)
+from emulator.report import (
+    CRASH,
+    ERROR,
+    INIT_ERROR,
+    OK,
+    TIMEOUT,
+    InvocationRecord,
+    LogSink,
+    RuntimeStats,
+    billed_duration_ms,
+    start_line,
+)
 from emulator.runtime_api import Invocation, RuntimeApiServer, RuntimeApiState
 
 _TREE_REFRESH_S = 2.0  # how often the process tree is re-scanned for memory figures
@@ -336,8 +346,9 @@ class Runtime:
         timeout_s = self.config.timeout_s
         invocation.deadline_ms = int((time.time() + timeout_s) * 1000)
         submitted = time.monotonic()
+        self.log(start_line(invocation.request_id))
         state.submit(invocation)
-        finished = lambda: invocation.done or state.exit_code is not None or state.closed  # noqa: E731
+        finished = lambda: invocation.done or state.exit_code is not None or state.closed
         state.wait_for(finished, timeout_s)
         if not finished() and invocation.handed_out_at is not None:
             # The clock runs from when the runtime received the event, not from when it was queued.
@@ -368,6 +379,7 @@ class Runtime:
         return outcome
 
     def _init_failure(self, sandbox: Sandbox, invocation: Invocation, started_at: float) -> Outcome:
+        self.log(start_line(invocation.request_id))
         state = sandbox.state
         request_id = invocation.request_id
         if state.init_error is not None:

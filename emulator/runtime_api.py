@@ -117,10 +117,9 @@ class RuntimeApiState:
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.closed or self._pending is not None)
             self.polling = False
-            if self.closed:
-                return None
             invocation, self._pending = self._pending, None
-            assert invocation is not None
+            if self.closed or invocation is None:
+                return None
             invocation.handed_out_at = time.monotonic()
             self._current = invocation
             return invocation
@@ -163,7 +162,7 @@ def error_payload(body: bytes, error_type_header: str | None, default_type: str)
 class _RuntimeApiHandler(FastHandler):
     server: RuntimeApiServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence per-request logging: awslambdaric calls /next once per event."""
 
     def do_GET(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from emulator.config import EmulatorConfig
 from emulator.exceptions import ConfigError
@@ -48,7 +48,7 @@ class Emulator:
         self._closed = False
 
     # -- life cycle ----------------------------------------------------------------------------
-    def start(self) -> Emulator:
+    def start(self) -> Self:
         """Bind the port, then start the runtimes (init runs in the background)."""
         if self._pool is not None or self._closed:
             raise RuntimeError("an Emulator starts once")
@@ -82,7 +82,7 @@ class Emulator:
         if self._gateway is not None:
             self._gateway.server_close()
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> Self:
         return self if self._pool is not None else self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

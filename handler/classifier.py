@@ -77,7 +77,7 @@ class Classifier:
         variant: str | None = None,
         *,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> "Classifier":
+    ) -> Classifier:
         """Load a version from a model root (the EFS mount); raises `model_store` errors as they come."""
         loaded = load(Path(root), name, version=version, alias=alias, variant=variant)
         return cls(loaded.model, loaded.manifest, loaded.variant,
@@ -141,7 +141,12 @@ class Classifier:
         return (self._ms_per_image or 0.0) * batch_size
 
     def warm_up(self) -> float:
-        """Run one throwaway input so the first request does not pay for kernel set-up; returns ms."""
+        """Run one throwaway input so the first request does not pay for kernel set-up; returns ms.
+
+        Only a classifier that has never run needs it; later calls return 0 at once.
+        """
+        if self._ms_per_image is not None:
+            return 0.0
         height, width = self.manifest.preprocess.output_size
         start = time.perf_counter()
         self.predict(torch.zeros((1, 3, height, width), dtype=torch.float32))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handler.exceptions import ConfigError
+from model_store.exceptions import ManifestError
+from model_store.manifest import check_name
 
 DEFAULT_MODEL_ROOT = "/mnt/models"
 DEFAULT_MODEL_NAME = "dogbreeds"
@@ -46,7 +48,7 @@ class Settings:
     torch_threads: int | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings; raises `ConfigError` naming every invalid variable at once."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
@@ -71,6 +73,13 @@ class Settings:
             metrics_class_dimension=_bool(env, "METRICS_CLASS_DIMENSION", problems),
             torch_threads=_int(env, "OMP_NUM_THREADS", 0, 0, problems) or None,
         )
+        for kind, value in (("MODEL_NAME", settings.model_name), ("MODEL_VERSION", version),
+                            ("MODEL_ALIAS", alias), ("MODEL_VARIANT", settings.model_variant)):
+            if value is not None:
+                try:
+                    check_name(kind, value)
+                except ManifestError as exc:
+                    problems.append(str(exc))
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return settings

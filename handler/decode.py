@@ -51,9 +51,9 @@ def sniff_format(data: bytes) -> str | None:
         return "HEIC"
     if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
         return "AVIF"
-    if head.startswith(b"\x00\x00\x00\x0cjP  ") or head.startswith(b"\xff\x4f\xff\x51"):
+    if head.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
         return "JPEG2000"
-    if head.startswith(b"\x00\x00\x01\x00") or head.startswith(b"8BPS"):
+    if head.startswith((b"\x00\x00\x01\x00", b"8BPS")):
         return "ICO/PSD"
     return None
 

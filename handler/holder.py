@@ -91,7 +91,7 @@ class ModelHolder:
             return
         self._install(classifier, now)
         self.load_ms = elapsed_ms(start)
-        self._log("model loaded", load_ms=self.load_ms, **classifier.identity)
+        self._log("model loaded", load_ms=self.load_ms, model=classifier.identity)
 
     def _refresh(self, now: float) -> None:
         """Follow a moved alias; a version that fails to load is refused and the current one kept."""
@@ -119,7 +119,7 @@ class ModelHolder:
             return
         self._install(candidate, now)
         self._log("model switched", load_ms=elapsed_ms(start), previous_version=current.manifest.version,
-                  **candidate.identity)
+                  model=candidate.identity)
 
     def _install(self, classifier: Classifier, now: float) -> None:
         self.classifier = classifier

@@ -77,18 +77,18 @@ class Telemetry:
                 self.logger.warning("request", extra=fields)
             else:
                 self.logger.info("request", extra=fields)
-        except Exception:  # noqa: BLE001 - logging trouble must not turn an answer into a failure
+        except Exception:  # logging trouble must not turn an answer into a failure
             logging.getLogger(__name__).exception("could not write the request log line")
         try:
             self._metrics(record)
-        except Exception:  # noqa: BLE001 - same for metrics
+        except Exception:  # nor may a metric that cannot be written
             logging.getLogger(__name__).exception("could not write the request metrics")
 
     def event(self, message: str, level: int = logging.INFO, **fields: Any) -> None:
         """A log line outside requests (model loaded, load failed, ...)."""
         try:
-            self.logger.log(level, message, extra=fields)
-        except Exception:  # noqa: BLE001
+            self.logger.log(level, message, extra=fields)  # type: ignore[attr-defined]  # forwarded to logging
+        except Exception:  # same for non-request log lines
             logging.getLogger(__name__).exception("could not write a log line")
 
     def _metrics(self, record: RequestRecord) -> None:

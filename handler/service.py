@@ -84,7 +84,7 @@ class Service:
         self._cors = {"access-control-allow-origin": settings.cors_allow_origin} if settings.cors_allow_origin else {}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, telemetry: Telemetry | None = None) -> "Service":
+    def from_env(cls, environ: Mapping[str, str] | None = None, telemetry: Telemetry | None = None) -> Service:
         """Read the environment, size torch's thread pool, and try the first model load. Never raises."""
         problem = None
         try:

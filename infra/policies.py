@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.config import STACK_TAG
-from infra.resources import ALIAS, ROLE_PATH, Stack, Value
+from infra.resources import Stack, Value
 
 VERSION = "2012-10-17"
 
@@ -47,6 +47,9 @@ STAR_RESOURCE_ACTIONS = frozenset({
 
 # What the deployer reads on "*": the describe calls above, without the ENI mutations.
 DESCRIBE_ACTIONS = sorted((STAR_RESOURCE_ACTIONS - set(ENI_ACTIONS)) | {"ec2:DescribeNetworkInterfaces"})
+
+# The documents `stack_policies` returns (and `python -m infra policy --which` prints).
+POLICY_NAMES = ("deployer-infrastructure", "deployer-functions", "inference-role", "model-sync-role", "lambda-trust", "efs-file-system", "model-bucket")
 
 EFS_WRITE_ACTIONS = frozenset({"elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"})
 
@@ -133,8 +136,13 @@ def bucket_policy(stack: Stack) -> dict[str, Any]:
     }]}
 
 
-def deployer_policy(stack: Stack) -> dict[str, Any]:
-    """What the person or CI role running `python -m infra` needs, scoped to this stack's names/tags."""
+def deployer_policies(stack: Stack) -> dict[str, dict[str, Any]]:
+    """What the person or CI role running `python -m infra` needs, scoped to this stack's names/tags.
+
+    Two documents, because together they exceed IAM's 6,144-character limit for one managed
+    policy: "deployer-infrastructure" (S3, ECR, VPC, EFS) and "deployer-functions" (IAM roles,
+    Lambda, logs, alarms, scaling). Attach both.
+    """
     region, account, name = stack.region, stack.account, stack.name
     ec2 = f"arn:aws:ec2:{region}:{account}"
     efs = f"arn:aws:elasticfilesystem:{region}:{account}"
@@ -144,7 +152,7 @@ def deployer_policy(stack: Stack) -> dict[str, Any]:
     owned_tag = {"StringEquals": {f"aws:ResourceTag/{STACK_TAG}": name}}
     roles = [stack.role_arn(stack.inference_function), stack.role_arn(stack.sync_function)]
     repository = f"arn:aws:ecr:{region}:{account}:repository/{stack.repository}"
-    return document(
+    statements = [
         # "*" required: no resource-level permissions exist for these reads (STAR_RESOURCE_ACTIONS).
         statement("ReadWithoutResourceLevelPermissions", DESCRIBE_ACTIONS, "*"),
         # "*" required: EFS creates each mount target's network interface with the caller's
@@ -228,7 +236,10 @@ def deployer_policy(stack: Stack) -> dict[str, Any]:
             "application-autoscaling:DeregisterScalableTarget", "application-autoscaling:PutScalingPolicy",
             "application-autoscaling:DeleteScalingPolicy",
         ], f"arn:aws:application-autoscaling:{region}:{account}:scalable-target/*", owned_tag),
-    )
+    ]
+    split = next(i for i, block in enumerate(statements) if block["Sid"] == "FunctionRoles")
+    return {"deployer-infrastructure": document(*statements[:split]),
+            "deployer-functions": document(*statements[split:])}
 
 
 def stack_policies(stack: Stack, file_system_arn: Value | None = None,
@@ -242,7 +253,7 @@ def stack_policies(stack: Stack, file_system_arn: Value | None = None,
         "lambda-trust": lambda_trust_policy(stack),
         "efs-file-system": file_system_policy(stack, fs, ap),
         "model-bucket": bucket_policy(stack),
-        "deployer": deployer_policy(stack),
+        **deployer_policies(stack),
     }
 
 
@@ -332,6 +343,6 @@ def _unscoped_arn(resource: str) -> bool:
     return identifier in ("*", "")
 
 
-__all__ = ["ALIAS", "ROLE_PATH", "LintFinding", "bucket_policy", "deployer_policy", "file_system_policy",
+__all__ = ["POLICY_NAMES", "LintFinding", "bucket_policy", "deployer_policies", "file_system_policy",
            "inference_role_policy", "lambda_trust_policy", "lint_policy", "lint_stack", "stack_policies",
            "sync_role_policy"]

@@ -172,7 +172,8 @@ class FunctionSpec:
         compare("timeout", self.timeout_s, state.timeout_s)
         compare("ephemeral storage", self.ephemeral_storage_mb, state.ephemeral_storage_mb)
         compare("role", self.role, state.role)
-        compare("environment", dict(self.environment), dict(state.environment))
+        for key in sorted(set(self.environment) | set(state.environment)):
+            compare(key, self.environment.get(key, "(unset)"), state.environment.get(key, "(unset)"))
         compare("subnets", sorted(map(str, self.subnet_ids)), sorted(state.subnet_ids))
         compare("security groups", sorted(map(str, self.security_group_ids)), sorted(state.security_group_ids))
         compare("file system", ((str(self.access_point_arn), self.mount_path),), state.file_system_configs)

@@ -2,15 +2,16 @@
 
 The pipeline, in order, so that nothing reaches the store unless it will serve:
 
-1. read the weights (`.pth` only through the weights-only unpickler, SageMaker `model.tar.gz`,
+1. refuse at once if the version already exists (versions are immutable);
+2. read the weights (`.pth` only through the weights-only unpickler, SageMaker `model.tar.gz`,
    or `.safetensors`; a local path or an `s3://` URI), as float32;
-2. detect the architecture from the keys (flags override), resolve class names and preprocessing;
-3. build our torchvision-compatible ResNet, load the weights strictly and run one forward pass:
+3. detect the architecture from the keys (flags override), resolve class names and preprocessing;
+4. build our torchvision-compatible ResNet, load the weights strictly and run one forward pass:
    the output must have one finite logit per class name;
-4. refuse if the version already exists (versions are immutable), then upload the safetensors
-   weights, then the manifest (a version exists only once its manifest does), then the alias.
+5. upload the safetensors weights, then the manifest (a version exists only once its manifest
+   does; the version is checked again just before), then the alias.
 
-`publish_state_dict` is steps 2-4 for an in-memory state dict: what training calls.
+`publish_state_dict` is the same pipeline for an in-memory state dict: what training calls.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def publish(
     _check_names(name, version, alias)
     class_names = resolve_classes(classes)
     spec = resolve_preprocessing(preprocess)
-    _refuse_existing(open_store(store_uri), name, version)  # fail before a long download
+    store = open_store(store_uri)
+    _refuse_existing(store, name, version)  # before a long download
     with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
         local = _fetch_source(str(source), Path(workdir), progress)
         _step(progress, f"reading {local}")
@@ -79,11 +81,8 @@ def publish(
     arch, num_classes = _choose_architecture(state_dict, depth, head_hidden)
     if num_classes is not None:
         _step(progress, f"detected {_describe_arch(arch)} with {num_classes} outputs")
-    return publish_state_dict(
-        state_dict, store_uri, name, version,
-        arch=arch, class_names=class_names, preprocess=spec, trained=trained,
-        source=str(source), metrics=metrics, alias=alias, progress=progress,
-    )
+    return _check_and_upload(state_dict, store, name, version, arch=arch, class_names=class_names, spec=spec,
+                             trained=trained, source=str(source), metrics=metrics, alias=alias, progress=progress)
 
 
 def publish_state_dict(
@@ -103,21 +102,28 @@ def publish_state_dict(
 ) -> Manifest:
     """Check an in-memory state dict end to end, then upload weights, manifest and alias, in that order."""
     _check_names(name, version, alias)
-    spec = resolve_preprocessing(preprocess)
-    names = resolve_classes(class_names)
-    weights = {key: _as_fp32(tensor) for key, tensor in state_dict.items()}
-    verify_weights(weights, arch, names, spec)
-    _step(progress, f"checked {_describe_arch(arch)}: strict load and one forward pass give "
-                    f"{len(names)} finite logits")
-    store = open_store(store_uri)
+    return _check_and_upload(state_dict, open_store(store_uri), name, version, arch=arch,
+                             class_names=resolve_classes(class_names), spec=resolve_preprocessing(preprocess),
+                             trained=trained, source=source, metrics=metrics, alias=alias, progress=progress)
+
+
+def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name: str, version: str, *,
+                      arch: Architecture, class_names: tuple[str, ...], spec: Preprocessing, trained: bool,
+                      source: str, metrics: Mapping[str, Any] | None, alias: str | None,
+                      progress: bool) -> Manifest:
+    """The shared tail of both entry points: gate, then weights, manifest, alias."""
     _refuse_existing(store, name, version)
+    weights = {key: _as_fp32(tensor) for key, tensor in state_dict.items()}
+    verify_weights(weights, arch, class_names, spec)
+    _step(progress, f"checked {_describe_arch(arch)}: strict load and one forward pass give "
+                    f"{len(class_names)} finite logits")
     with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
         weights_path = Path(workdir) / WEIGHTS_FILE
         save_safetensors(weights, weights_path)
         entry = WeightsFile(file=WEIGHTS_FILE, format="safetensors", sha256=sha256_file(weights_path),
                             size=weights_path.stat().st_size)
         manifest = Manifest(
-            name=name, version=version, arch=arch, class_names=names, preprocess=spec,
+            name=name, version=version, arch=arch, class_names=class_names, preprocess=spec,
             weights={"fp32": entry}, trained=trained, source=source, metrics=dict(metrics or {}),
         )
         weights_key = version_key(name, version, WEIGHTS_FILE)
@@ -220,8 +226,8 @@ def _probe_size(spec: Preprocessing) -> tuple[int, int]:
 
 
 def _as_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """The `fp32` variant: floating tensors as float32, integer buffers (num_batches_tracked) unchanged."""
-    tensor = tensor.detach()
+    """The `fp32` variant, on the CPU: floating tensors as float32, integer buffers (num_batches_tracked) as is."""
+    tensor = tensor.detach().to("cpu")
     return tensor.to(torch.float32) if tensor.is_floating_point() else tensor
 
 

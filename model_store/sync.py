@@ -214,7 +214,7 @@ def _download(store: Store, paths: _ModelPaths, name: str, version: str, progres
             log.info("downloading %s (%s, %.1f MB)", store.describe(key), variant, weights.size / 1e6)
             with ProgressLine(f"{name}/{version} {weights.file}", weights.size,
                               enabled=None if progress else False) as line:
-                store.get_file(key, scratch / weights.file, progress=_FaultingProgress(line))
+                store.get_file(key, scratch / weights.file, progress=_FaultingProgress(line, scratch))
             try:
                 verify_weights_file(scratch, weights, checksum=True)
             except ChecksumError as exc:
@@ -239,15 +239,31 @@ def _download(store: Store, paths: _ModelPaths, name: str, version: str, progres
 
 
 class _FaultingProgress:
-    """Progress callback that also serves the `mid-download` fault (after the first bytes land)."""
+    """Progress callback that also serves the `mid-download` fault.
 
-    def __init__(self, line: ProgressCallback) -> None:
+    The fault fires once some bytes of the file are on disk in the scratch directory (boto3
+    writes from another thread, so "bytes received" alone would not prove that).
+    """
+
+    def __init__(self, line: ProgressCallback, scratch: Path) -> None:
         self._line = line
+        self._scratch = scratch
+        self._armed = os.environ.get(FAULT_ENV) == "mid-download"
 
     def __call__(self, nbytes: int) -> None:
         self._line(nbytes)
-        if nbytes > 0:
+        if self._armed and _holds_bytes(self._scratch):
             _fault("mid-download")
+
+
+def _holds_bytes(directory: Path) -> bool:
+    for entry in directory.iterdir():
+        try:
+            if entry.stat().st_size > 0:
+                return True
+        except FileNotFoundError:
+            continue  # renamed by the downloader meanwhile
+    return False
 
 
 def _fsync_file(path: Path) -> None:

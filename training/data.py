@@ -156,14 +156,14 @@ def make_loaders(tree: ImageTree, spec: Preprocessing, *, batch_size: int, worke
     train_set = ImageDataset(tree.splits["train"], TrainTransform(spec))
     sampler: DistributedSampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank,
                                                      shuffle=True, seed=seed, drop_last=False)
-    common = {"batch_size": batch_size, "num_workers": workers, "pin_memory": pin_memory,
-              "persistent_workers": workers > 0}
-    train = DataLoader(train_set, sampler=sampler, **common)  # type: ignore[arg-type]
+
+    def loader(dataset: Dataset[tuple[Tensor, int]], train_sampler: DistributedSampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=train_sampler, shuffle=False,
+                          num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
 
     def evaluation(split: str) -> DataLoader:
         dataset = ImageDataset(tree.splits[split], EvalTransform(spec))
-        return DataLoader(Subset(dataset, shard(len(dataset), rank, world_size)),  # type: ignore[arg-type]
-                          shuffle=False, **common)
+        return loader(Subset(dataset, shard(len(dataset), rank, world_size)))
 
     test = evaluation("test") if tree.size("test") else None
-    return Loaders(train=train, train_sampler=sampler, valid=evaluation("valid"), test=test)
+    return Loaders(train=loader(train_set, sampler), train_sampler=sampler, valid=evaluation("valid"), test=test)

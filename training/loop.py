@@ -21,8 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from model_store.manifest import Architecture, Preprocessing
-from training.checkpoint import (best_weights_path, capture_rng, checkpoint_path, load_checkpoint,
-                                 load_weights, restore_rng, save_checkpoint, save_weights, write_outputs)
+from training.checkpoint import (
+    best_weights_path,
+    capture_rng,
+    checkpoint_path,
+    load_checkpoint,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+    save_weights,
+    write_outputs,
+)
 from training.data import ImageTree, make_loaders
 from training.distributed import Context, all_reduce_sums, per_process_batch
 from training.exceptions import CheckpointError, ConfigError, TrainingError

@@ -62,6 +62,13 @@ def _rank(row: dict[str, Any]) -> tuple[float, int]:
     return (math.inf if loss is None or math.isnan(loss) else loss, row["trial"])
 
 
+def _prefixed(log: Log, prefix: str) -> Log:
+    def prefixed_log(line: str) -> None:
+        log(prefix + line)
+
+    return prefixed_log
+
+
 def run_search(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log, count: int) -> RunResult:
     """Run the trials under `--out/trials/`, then make the best one the run's output."""
     if config.resume:
@@ -73,7 +80,7 @@ def run_search(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log, cou
         log(f"trial {trial.number}/{count}: lr {trial.lr:g}, batch {trial.batch_size}")
         trial_config = replace(config, lr=trial.lr, batch_size=trial.batch_size,
                                out=config.out / TRIALS_DIR / f"trial-{trial.number:02d}")
-        result = fit(trial_config, tree, ctx, lambda line, n=trial.number: log(f"[trial {n}] {line}"))
+        result = fit(trial_config, tree, ctx, _prefixed(log, f"[trial {trial.number}] "))
         results[trial.number] = result
         rows.append({"trial": trial.number, "lr": trial.lr, "batch_size": trial.batch_size,
                      **{k: result.metrics[k] for k in ("epochs_completed", "val_loss", "val_accuracy",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import boto3
 import pytest
@@ -115,6 +116,10 @@ def test_report_line_per_invocation_with_init_duration_only_when_cold() -> None:
              r"Memory Size: 1536 MB\tMax Memory Used: \d+ MB")
     assert re.fullmatch(shape + r"\tInit Duration: \d+\.\d\d ms", cold_line)
     assert re.fullmatch(shape, warm_line)
+    lines = log.lines
+    start, end = lines.index(f"START RequestId: {cold.request_id} Version: $LATEST"), \
+        lines.index(f"END RequestId: {cold.request_id}")
+    assert start < end < lines.index(cold_line)
     assert cold.record.init_duration_ms is not None and cold.record.init_duration_ms > 0
     assert warm.record.init_duration_ms is None
     # Init is billed; memory is the runtime tree's real peak (a Python process is well over 5 MB)
@@ -159,3 +164,15 @@ def test_other_invocation_types(toy: Running, invocation_type: str, status: int)
 
     # THEN Lambda's status codes for them
     assert reply.status == status
+
+
+def test_handler_output_is_logged_with_the_runtime_prefix(toy: Running) -> None:
+    # GIVEN a handler that prints
+    # WHEN it is invoked
+    assert toy.emulator.invoke({"action": "print"}).ok
+
+    # THEN its line shows up in the emulator's log, prefixed with the runtime's name
+    deadline = time.monotonic() + 10
+    while not any(line.endswith("] toy says hello") for line in toy.log.lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(re.fullmatch(r"\[runtime-\d\] toy says hello", line) for line in toy.log.lines)

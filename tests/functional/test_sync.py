@@ -8,14 +8,17 @@ moto S3 server on 127.0.0.1.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
+import multiprocessing
 import os
 import random
-import subprocess
-import sys
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -27,7 +30,6 @@ from model_store.store import Store, manifest_key, open_store, version_key, writ
 from model_store.sync import FAULT_ENV, sync, sync_version
 from model_store.weights import sha256_file
 
-REPO = Path(__file__).resolve().parents[2]
 WEIGHTS_BYTES = 3 * 1024 * 1024 + 123  # several 1 MB chunks, so a kill can land mid-file
 
 
@@ -78,11 +80,6 @@ def assert_no_partial_versions(root: Path, name: str = "dogs") -> list[str]:
         verify_version_dir(entry, name=name, checksums=False)
         seen.append(entry.name)
     return seen
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "model_store", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 # --- the basics ---------------------------------------------------------------------------------
@@ -137,13 +134,14 @@ def test_damaged_local_copy_is_replaced(file_store_uri: str, tmp_path: Path) -> 
 def test_same_size_corruption_needs_the_checksums_flag(file_store_uri: str, tmp_path: Path) -> None:
     # GIVEN a synced v1 with one byte flipped (same size)
     publish_fake(open_store(file_store_uri), "dogs", "v1")
-    weights = sync(file_store_uri, "dogs", tmp_path / "root", version="v1", progress=False) / "model.safetensors"
+    root = tmp_path / "root"
+    weights = sync(file_store_uri, "dogs", root, version="v1", progress=False) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[7] ^= 0x01
     weights.write_bytes(bytes(data))
     # WHEN synced with the default (sizes only) and then with checksums=True
-    quick = sync_version(file_store_uri, "dogs", tmp_path / "root", version="v1", progress=False)
-    full = sync_version(file_store_uri, "dogs", tmp_path / "root", version="v1", progress=False, checksums=True)
+    quick = sync_version(file_store_uri, "dogs", root, version="v1", progress=False)
+    full = sync_version(file_store_uri, "dogs", root, version="v1", progress=False, checksums=True)
     # THEN only the full check notices, and it restores the published bytes
     assert not quick.downloaded and full.downloaded
     verify_version_dir(full.directory, name="dogs", checksums=True)
@@ -166,6 +164,48 @@ def test_missing_version_in_store_lists_what_exists(file_store_uri: str, tmp_pat
 
 
 # --- several processes at once ------------------------------------------------------------------
+
+FORK = multiprocessing.get_context("fork")  # children inherit the imports: no 3 s torch import each
+
+
+def _child_sync(result_file: Path, log_file: Path, fault: str | None, kwargs: dict[str, Any]) -> None:
+    """Run one sync in a child process, logging to a file and recording the result as JSON."""
+    if fault:
+        os.environ[FAULT_ENV] = fault
+    logger = logging.getLogger("model_store")
+    logger.handlers[:] = [logging.FileHandler(log_file)]
+    logger.setLevel(logging.INFO)
+    result = sync_version(progress=False, **kwargs)
+    result_file.write_text(json.dumps({"downloaded": result.downloaded, "directory": str(result.directory)}))
+
+
+class SyncProcess:
+    """`sync_version` in its own process (forked), as a second Lambda or a cron job would run it."""
+
+    def __init__(self, workdir: Path, index: int, fault: str | None = None, **kwargs: Any) -> None:
+        self.result_file = workdir / f"sync{index}.json"
+        self.log_file = workdir / f"sync{index}.log"
+        self.log_file.touch()
+        self.process = FORK.Process(target=_child_sync, args=(self.result_file, self.log_file, fault, kwargs))
+
+    def start(self) -> SyncProcess:
+        self.process.start()
+        return self
+
+    def finish(self, timeout: float = 120) -> int | None:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.process.kill()
+        return self.process.exitcode
+
+    @property
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return dict(json.loads(self.result_file.read_text()))
+
 
 class VersionsWatcher(threading.Thread):
     """Polls versions/ as a Lambda cold start would, recording any directory that is not complete."""
@@ -194,35 +234,25 @@ def test_four_processes_syncing_one_version_download_it_once(store_uri: str, tmp
     (root / "dogs" / ".locks").mkdir(parents=True)
     gate = os.open(root / "dogs" / ".locks" / "v1.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(gate, fcntl.LOCK_EX)
-    logs = [tmp_path / f"sync{i}.err" for i in range(4)]
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "model_store", "sync", "--store", store_uri, "--name", "dogs",
-                          "--version", "v1", "--root", str(root)],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-        for log in logs
-    ]
+    syncs = [SyncProcess(tmp_path, i, store_uri=store_uri, name="dogs", root=root, version="v1").start()
+             for i in range(4)]
     watcher = VersionsWatcher(root)
     watcher.start()
     try:
-        deadline = time.monotonic() + 90
-        while not all("waiting for another sync" in log.read_text() for log in logs):
-            assert time.monotonic() < deadline, [log.read_text() for log in logs]
-            assert all(p.poll() is None for p in procs), [log.read_text() for log in logs]
-            time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while not all("waiting for another sync" in s.log for s in syncs):
+            assert time.monotonic() < deadline, [s.log for s in syncs]
+            time.sleep(0.02)
         # WHEN the gate opens
         os.close(gate)
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        codes = [s.finish() for s in syncs]
     finally:
         watcher.stop.set()
         watcher.join()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    # THEN all succeed, exactly one downloaded, all report the same directory, nobody saw a partial version
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [log.read_text() for log in logs]
-    assert sum("downloaded" in out for out in outputs) == 1, outputs
-    assert sum("already present" in out for out in outputs) == 3, outputs
-    assert len({out.split(" into ")[1].split(" (")[0] for out in outputs}) == 1
+    # THEN all succeed, exactly one downloaded, all got the same directory, nobody saw a partial version
+    assert codes == [0, 0, 0, 0], [s.log for s in syncs]
+    assert sorted(s.result["downloaded"] for s in syncs) == [False, False, False, True]
+    assert {s.result["directory"] for s in syncs} == {str(root / "dogs" / "versions" / "v1")}
     assert watcher.partial == [] and watcher.polls > 0 and watcher.complete_seen == 1
     assert list((root / "dogs" / ".incoming").iterdir()) == []
 
@@ -257,11 +287,11 @@ def test_sync_killed_at_each_stage_leaves_no_partial_version(kind: str, stage: s
     write_alias(store, "dogs", "prod", "v2")
 
     # WHEN a sync of prod is killed (SIGKILL) at the stage
-    killed = run_cli("sync", "--store", uri, "--name", "dogs", "--alias", "prod", "--root", str(root),
-                     env={FAULT_ENV: stage})
+    killed = SyncProcess(tmp_path, 0, fault=stage, store_uri=uri, name="dogs", root=root, alias="prod")
+    exit_code = killed.start().finish()
 
     # THEN it died there, and readers see only complete versions with prod still on v1
-    assert killed.returncode == -9, killed.stderr
+    assert exit_code == -signal.SIGKILL, killed.log
     visible = assert_no_partial_versions(root)
     assert visible == (["v1", "v2"] if stage == "before-alias" else ["v1"])
     assert os.readlink(root / "dogs" / "prod") == "versions/v1"
@@ -269,13 +299,13 @@ def test_sync_killed_at_each_stage_leaves_no_partial_version(kind: str, stage: s
     if stage == "mid-download":
         # the kill really landed half-way: a partial file sits in the scratch directory
         partial = [f for d in leftovers for f in d.iterdir()]
-        assert partial and all(f.stat().st_size < WEIGHTS_BYTES for f in partial)
+        assert partial and all(0 < f.stat().st_size < WEIGHTS_BYTES for f in partial)
     if stage == "before-rename":
-        assert [sorted(f.name for f in d.iterdir()) for d in leftovers] == [["manifest.json", "model.safetensors"]]
+        complete_but_hidden = [sorted(f.name for f in d.iterdir()) for d in leftovers]
+        assert complete_but_hidden == [["manifest.json", "model.safetensors"]]
 
     # AND the next sync completes, cleans up, and moves the alias
-    again = run_cli("sync", "--store", uri, "--name", "dogs", "--alias", "prod", "--root", str(root))
-    assert again.returncode == 0, again.stderr
+    sync(uri, "dogs", root, alias="prod", progress=False)
     assert assert_no_partial_versions(root) == ["v1", "v2"]
     verify_version_dir(root / "dogs" / "versions" / "v2", name="dogs", checksums=True)
     assert os.readlink(root / "dogs" / "prod") == "versions/v2"
@@ -283,8 +313,9 @@ def test_sync_killed_at_each_stage_leaves_no_partial_version(kind: str, stage: s
     assert not [p for p in (root / "dogs").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_unknown_fault_stage_is_refused(file_store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # GIVEN a typo in the fault variable / WHEN syncing / THEN it fails loudly instead of silently not faulting
+def test_unknown_fault_stage_is_refused(file_store_uri: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a typo in the fault variable / WHEN syncing / THEN it fails loudly rather than never faulting
     publish_fake(open_store(file_store_uri), "dogs", "v1")
     monkeypatch.setenv(FAULT_ENV, "mid-dowload")
     with pytest.raises(ValueError, match="mid-dowload"):

@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handler.classifier import UNTRAINED_WARNING
+from handler.classifier import UNTRAINED_WARNING, Classifier
 from handler.config import Settings
 from handler.holder import ModelHolder
 from handler.observability import Telemetry
 from handler.s3 import S3ImageFetcher
 from handler.service import Service
-from model_store.manifest import Architecture
+from model_store.manifest import Architecture, Preprocessing
 from model_store.publish import publish_state_dict
 from model_store.resnet import build_model
 from model_store.store import open_store, write_alias
@@ -40,6 +40,7 @@ EVENTS = REPO / "tests" / "events"
 NAME = "tiny"
 ARCH = Architecture(depth=18)
 CLASSES = ("001.Affenpinscher", "096.Labrador_retriever", "133.Yorkshire_terrier")
+PREPROCESS = Preprocessing(resize_mode="exact", size=(64, 64))  # small input: fast tests, same code path
 LABELS = {"Affenpinscher", "Labrador retriever", "Yorkshire terrier"}
 
 
@@ -66,14 +67,28 @@ class Context:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A file store with v1 (untrained), v2 and v3 (trained) of a 3-class ResNet-18."""
+    """A file store with v1 (untrained), v2 and v3 (trained) of a 3-class ResNet-18 on 64x64 inputs."""
     uri = tmp_path_factory.mktemp("store").as_uri()
     for seed, (version, trained) in enumerate((("v1", False), ("v2", True), ("v3", True))):
         torch.manual_seed(seed)
         publish_state_dict(build_model(ARCH, len(CLASSES)).state_dict(), uri, NAME, version, arch=ARCH,
-                           class_names=CLASSES, preprocess="resize224", trained=trained, source="test",
+                           class_names=CLASSES, preprocess=PREPROCESS, trained=trained, source="test",
                            progress=False)
     return uri
+
+
+@pytest.fixture(scope="module")
+def shared_root(store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model root with v1, for the tests that do not change what is on disk."""
+    root = tmp_path_factory.mktemp("models")
+    sync(store, NAME, root, version="v1", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def loaded(shared_root: Path) -> Classifier:
+    """v1 loaded once (checksum and all) and handed to every service that does not test loading."""
+    return Classifier.from_root(shared_root, NAME, version="v1")
 
 
 @pytest.fixture
@@ -86,21 +101,23 @@ def log_stream() -> io.StringIO:
     return io.StringIO()
 
 
-def make_service(root: Path, log_stream: io.StringIO, clock: FakeClock | None = None, **env: str) -> Service:
+def make_service(root: Path, log_stream: io.StringIO, clock: FakeClock | None = None,
+                 classifier: Classifier | None = None, **env: str) -> Service:
+    """A service as `Service.from_env` builds it, with a test clock, log stream and (optionally) model."""
     environ = {"MODEL_ROOT": str(root), "MODEL_NAME": NAME, **env}
     if "MODEL_ALIAS" not in env:
         environ.setdefault("MODEL_VERSION", "v1")
     settings_ = Settings.from_env(environ)
     telemetry = Telemetry(service=f"breedserve-test-{uuid.uuid4().hex[:8]}", stream=log_stream)
-    holder = ModelHolder(settings_, telemetry, clock=clock or FakeClock())
+    load = None if classifier is None else (lambda version=None: classifier)
+    holder = ModelHolder(settings_, telemetry, load=load, clock=clock or FakeClock())
     holder.start()
     return Service(settings_, holder, telemetry)
 
 
 @pytest.fixture
-def service(store: str, root: Path, log_stream: io.StringIO) -> Service:
-    sync(store, NAME, root, version="v1", progress=False)
-    return make_service(root, log_stream)
+def service(shared_root: Path, loaded: Classifier, log_stream: io.StringIO) -> Service:
+    return make_service(shared_root, log_stream, classifier=loaded)
 
 
 def event(name: str) -> dict[str, Any]:
@@ -210,7 +227,7 @@ def test_health_and_model(service: Service) -> None:
     assert model["statusCode"] == 200
     assert {"name", "version", "arch", "num_classes", "preprocess", "trained", "variant"} <= set(info)
     assert (info["arch"], info["num_classes"], info["trained"]) == ("resnet18", 3, False)
-    assert info["preprocess"]["size"] == [224, 224]
+    assert info["preprocess"]["size"] == [64, 64]
 
 
 def test_head_is_get_without_body(service: Service) -> None:
@@ -240,22 +257,21 @@ def test_options_preflight(service: Service) -> None:
     assert "access-control-allow-origin" not in response["headers"]  # no origin configured: the URL's CORS decides
 
 
-def test_cors_origin_when_configured(store: str, root: Path, log_stream: io.StringIO) -> None:
-    sync(store, NAME, root, version="v1", progress=False)
-    service = make_service(root, log_stream, CORS_ALLOW_ORIGIN="https://app.example.com")
+def test_cors_origin_when_configured(shared_root: Path, loaded: Classifier, log_stream: io.StringIO) -> None:
+    service = make_service(shared_root, log_stream, classifier=loaded, CORS_ALLOW_ORIGIN="https://app.example.com")
     for response in (service.handle(http_event("OPTIONS", "/predict"), Context()),
                      service.handle(http_event("GET", "/health"), Context())):
         assert response["headers"]["access-control-allow-origin"] == "https://app.example.com"
 
 
-def test_body_over_the_limit_is_413(store: str, root: Path, log_stream: io.StringIO) -> None:
-    sync(store, NAME, root, version="v1", progress=False)
-    service = make_service(root, log_stream, MAX_BODY_BYTES="1000")
+def test_body_over_the_limit_is_413(shared_root: Path, loaded: Classifier, log_stream: io.StringIO) -> None:
+    service = make_service(shared_root, log_stream, classifier=loaded, MAX_BODY_BYTES="1000")
     response = service.handle(http_event("POST", "/predict", b"\xff\xd8\xff" + b"0" * 2000, "image/jpeg"), Context())
     assert response["statusCode"] == 413 and body_of(response)["error"]["code"] == "payload_too_large"
 
 
 def test_image_over_the_pixel_limit_is_413(store: str, root: Path, log_stream: io.StringIO) -> None:
+    # GIVEN MAX_IMAGE_PIXELS=1000 (the loaded classifier takes its limit from the settings)
     sync(store, NAME, root, version="v1", progress=False)
     service = make_service(root, log_stream, MAX_IMAGE_PIXELS="1000")
     response = service.handle(http_event("POST", "/predict", jpeg(size=(64, 48)), "image/jpeg"), Context())
@@ -279,7 +295,12 @@ def test_direct_batch_runs_one_pass_and_keeps_order(service: Service, monkeypatc
     classifier = service.holder.get()
     batches: list[int] = []
     original = classifier.predict
-    monkeypatch.setattr(classifier, "predict", lambda batch: batches.append(batch.shape[0]) or original(batch))
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        batches.append(batch.shape[0])
+        return original(batch)
+
+    monkeypatch.setattr(classifier, "predict", counting)
     # WHEN invoked
     body = service.handle(payload, Context())
     # THEN one forward pass of the two images; results in order with the bad one's error in place
@@ -304,10 +325,9 @@ def test_direct_errors_carry_status(service: Service, payload: Any, status: int,
     assert body["status"] == status and body["error"]["code"] == code
 
 
-def test_direct_s3_uri_under_an_allowed_prefix(store: str, root: Path, log_stream: io.StringIO) -> None:
+def test_direct_s3_uri_under_an_allowed_prefix(shared_root: Path, loaded: Classifier, log_stream: io.StringIO) -> None:
     # GIVEN ALLOWED_S3_PREFIXES=s3://photos/incoming and an S3 client stubbed to return a JPEG
-    sync(store, NAME, root, version="v1", progress=False)
-    service = make_service(root, log_stream, ALLOWED_S3_PREFIXES="s3://photos/incoming")
+    service = make_service(shared_root, log_stream, classifier=loaded, ALLOWED_S3_PREFIXES="s3://photos/incoming")
     import boto3
 
     client = boto3.client("s3", region_name="us-east-1")
@@ -329,9 +349,8 @@ def test_direct_s3_uri_under_an_allowed_prefix(store: str, root: Path, log_strea
     assert (url["status"], url["error"]["code"]) == (400, "bad_request")
 
 
-def test_direct_s3_missing_object_is_404(store: str, root: Path, log_stream: io.StringIO) -> None:
-    sync(store, NAME, root, version="v1", progress=False)
-    service = make_service(root, log_stream, ALLOWED_S3_PREFIXES="s3://photos/")
+def test_direct_s3_missing_object_is_404(shared_root: Path, loaded: Classifier, log_stream: io.StringIO) -> None:
+    service = make_service(shared_root, log_stream, classifier=loaded, ALLOWED_S3_PREFIXES="s3://photos/")
     import boto3
 
     client = boto3.client("s3", region_name="us-east-1")
@@ -521,13 +540,13 @@ def test_bad_configuration_is_served_as_503_not_a_crash(log_stream: io.StringIO,
     threads = torch.get_num_threads()
     try:
         telemetry = Telemetry(service=f"breedserve-test-{uuid.uuid4().hex[:8]}", stream=log_stream)
-        service = Service.from_env({"MODEL_VERSION": "v1", "MODEL_ALIAS": "live", "MAX_BODY_BYTES": "lots"},
-                                   telemetry=telemetry)
+        service = Service.from_env({"MODEL_VERSION": "v1", "MODEL_ALIAS": "live", "MAX_BODY_BYTES": "lots",
+                                    "MODEL_NAME": "../etc"}, telemetry=telemetry)
     finally:
         torch.set_num_threads(threads)
     # WHEN asked anything  THEN 503 naming every problem
     message = body_of(service.handle(http_event("GET", "/health"), Context()))["error"]["message"]
-    assert "MAX_BODY_BYTES" in message and "not both" in message
+    assert "MAX_BODY_BYTES" in message and "not both" in message and "invalid MODEL_NAME '../etc'" in message
 
 
 def test_importing_the_entry_point_loads_the_model_without_torchvision(store: str, root: Path) -> None:
@@ -546,7 +565,7 @@ def test_importing_the_entry_point_loads_the_model_without_torchvision(store: st
            "POWERTOOLS_METRICS_DISABLED": "true", "LOG_LEVEL": "WARNING"}
     # WHEN a fresh interpreter imports handler.app (the Lambda init) and answers once
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, check=False)
     # THEN the model was loaded at import, and neither torchvision nor boto3 was imported
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

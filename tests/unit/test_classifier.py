@@ -78,7 +78,7 @@ def test_classify_ranks_the_right_class_first(classifier: Classifier) -> None:
     body = classifier.classify(png(RED), top_k=3)
     # THEN red comes first, labels are display names, probabilities are sorted and sum to 1
     predictions = body["predictions"]
-    assert [p["index"] for p in predictions][0] == 0
+    assert predictions[0]["index"] == 0
     assert predictions[0]["label"] == "Red setter"
     probabilities = [p["probability"] for p in predictions]
     assert probabilities == sorted(probabilities, reverse=True)

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from benchmarks.cost_breakeven import solve_break_even
-from benchmarks.cost_latency import ColdStart, LatencyReport, LatencyResult, latency_from_dict
+from benchmarks.cost_latency import (
+    ColdStart,
+    LatencyReport,
+    LatencyResult,
+    latency_from_dict,
+    select_warm_result,
+)
 from benchmarks.cost_model import (
     lambda_breakpoints,
     lambda_cost,
@@ -385,6 +391,19 @@ def test_omitted_figures_come_from_the_latency_file() -> None:
     assert s.workload.duration_ms == 400.0
     assert s.workload.init_ms == 1800.0
     assert "1769 MB" in s.sources["duration_ms"] and s.sources["init_ms"].startswith("latency.json")
+
+
+def test_warm_result_prefers_the_emulator_and_falls_back_to_the_classifier() -> None:
+    # GIVEN measurements through both paths at 1,769 MB, and through the classifier only
+    both = _latency()
+    classifier_only = LatencyReport(results=tuple(r for r in both.results if r.path == "classifier"))
+    # WHEN the result for a 2,048 MB function is chosen
+    # THEN the emulator's end-to-end figure wins when there is one, the classifier's otherwise
+    assert select_warm_result(both, 2048).p50_ms == 400.0
+    assert select_warm_result(classifier_only, 2048).p50_ms == 380.0
+    assert select_warm_result(both, 2048, path="classifier").p50_ms == 380.0
+    with pytest.raises(LatencyFileError, match="image '4mp'"):
+        select_warm_result(both, 2048, image="4mp")
 
 
 def test_scenario_values_win_over_the_latency_file() -> None:

@@ -18,7 +18,7 @@ _ENV_SHOWN = ("AWS_", "MODEL_", "LAMBDA_", "EMULATOR_TEST_", "_HANDLER", "TZ")
 
 def _action(event: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
     if event.get("version") == "2.0" and "requestContext" in event:
-        return event["rawPath"].strip("/") or "echo", event.get("queryStringParameters") or {}, True
+        return event["rawPath"].strip("/").split("/")[0] or "echo", event.get("queryStringParameters") or {}, True
     return str(event.get("action", "echo")), event, False
 
 

@@ -1,0 +1,68 @@
+"""The model the latency benchmark measures: the user's synced version, or the demo made on the spot.
+
+By default the benchmark needs no user data: it publishes the deterministic demo ResNet-50
+(133 classes, `model_store.demo`) into a file store in its scratch directory and syncs it into a
+model root, exactly as `make demo` does, so the weights sit on local disk as they would on EFS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.exceptions import LatencyBenchmarkError
+from model_store.exceptions import ModelStoreError
+from model_store.loader import read_local_manifest, resolve_version_dir
+from model_store.manifest import Manifest
+
+DEMO_NAME = "dogbreeds"
+DEMO_VERSION = "bench-demo"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A synced model version on local disk, and its manifest."""
+
+    root: Path
+    name: str
+    version: str
+    manifest: Manifest
+    demo: bool
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Every weights variant the manifest offers, fp32 first."""
+        return tuple(sorted(self.manifest.weights, key=lambda v: (v != "fp32", v)))
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "version": self.version, "arch": self.manifest.arch.label,
+                "num_classes": self.manifest.num_classes, "variants": list(self.variants),
+                "trained": self.manifest.trained, "demo": self.demo,
+                "input": list(self.manifest.preprocess.output_size)}
+
+
+def existing_model(root: Path, name: str, version: str) -> ModelRef:
+    """A version already synced under `root` (what `--model-root/--model-name/--model-version` name)."""
+    try:
+        directory = resolve_version_dir(root, name, version=version)
+        manifest = read_local_manifest(directory, name=name)
+    except ModelStoreError as exc:
+        raise LatencyBenchmarkError(f"cannot use {name}/{version} under {root}: {exc}") from exc
+    return ModelRef(Path(root), name, manifest.version, manifest, demo=False)
+
+
+def demo_model(workdir: Path) -> ModelRef:
+    """Publish the demo model into `workdir/store` and sync it into `workdir/models`."""
+    from model_store.demo import publish_demo
+    from model_store.sync import sync
+
+    store = (workdir / "store").absolute()
+    root = (workdir / "models").absolute()
+    store.mkdir(parents=True, exist_ok=True)
+    try:
+        publish_demo(store.as_uri(), DEMO_NAME, DEMO_VERSION)
+        directory = sync(store.as_uri(), DEMO_NAME, root, version=DEMO_VERSION, progress=False)
+        manifest = read_local_manifest(directory, name=DEMO_NAME)
+    except ModelStoreError as exc:
+        raise LatencyBenchmarkError(f"cannot make the demo model in {workdir}: {exc}") from exc
+    return ModelRef(root, DEMO_NAME, DEMO_VERSION, manifest, demo=True)

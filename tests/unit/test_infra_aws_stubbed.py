@@ -1,0 +1,218 @@
+"""The façade's exact requests, checked with botocore's Stubber, for what moto does not model:
+FileSystemConfigs (moto drops them), provisioned concurrency (not implemented), the scaling
+policy, Function URL CORS, public-URL permissions, and the IAM-propagation retry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from test_infra_fakes import make_stack
+
+from infra.aws import AWS
+from infra.exceptions import CredentialsError
+from infra.resources import inference_spec
+
+AP = "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0abc"
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:demo-inference"
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def time_() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def aws(time_: FakeTime) -> AWS:
+    return AWS("us-east-1", session=boto3.Session(region_name="us-east-1"), sleep=time_.sleep, clock=time_.clock)
+
+
+@pytest.fixture
+def lambda_stub(aws: AWS) -> Iterator[Stubber]:
+    client = boto3.client("lambda", region_name="us-east-1")
+    aws._clients["lambda"] = client
+    with Stubber(client) as stub:
+        yield stub
+        stub.assert_no_pending_responses()
+
+
+def spec() -> Any:
+    return inference_spec(make_stack(), ("subnet-0a", "subnet-0b"), ("sg-0f",), AP)
+
+
+def configuration(state: str = "Active", update: str = "Successful") -> dict[str, Any]:
+    return {"FunctionName": "demo-inference", "FunctionArn": FUNCTION_ARN, "State": state, "LastUpdateStatus": update}
+
+
+def role_not_ready() -> dict[str, Any]:
+    return {"service_error_code": "InvalidParameterValueException", "http_status_code": 400,
+            "service_message": "The role defined for the function cannot be assumed by Lambda."}
+
+
+def test_create_function_sends_the_image_vpc_and_efs_mount(aws: AWS, lambda_stub: Stubber) -> None:
+    # GIVEN the inference spec
+    wanted = spec()
+    expected = {
+        "FunctionName": "demo-inference", "Role": "arn:aws:iam::123456789012:role/breedserve/demo-inference",
+        "Description": f"breedserve inference function, spec {wanted.fingerprint()}", "MemorySize": 3008,
+        "Timeout": 30, "EphemeralStorage": {"Size": 512},
+        "Environment": {"Variables": {"MODEL_ROOT": "/mnt/models", "MODEL_NAME": "dogbreeds",
+                                      "MODEL_VERSION": "demo-1"}},
+        "ImageConfig": {"Command": ["handler.app.lambda_handler"]},
+        "VpcConfig": {"SubnetIds": ["subnet-0a", "subnet-0b"], "SecurityGroupIds": ["sg-0f"]},
+        "FileSystemConfigs": [{"Arn": AP, "LocalMountPath": "/mnt/models"}],
+        "PackageType": "Image", "Code": {"ImageUri": wanted.image_uri}, "Architectures": ["x86_64"],
+        "Tags": dict(wanted.tags),
+    }
+    lambda_stub.add_response("create_function", configuration("Pending"), expected)
+    lambda_stub.add_response("get_function", {"Configuration": configuration("Active")}, {"FunctionName": "demo-inference"})
+    # WHEN created
+    arn = aws.create_function(wanted)
+    # THEN the request carried exactly those parameters, and the façade waited for Active
+    assert arn == FUNCTION_ARN
+
+
+def test_create_function_retries_while_the_new_role_propagates(aws: AWS, lambda_stub: Stubber,
+                                                               time_: FakeTime) -> None:
+    # GIVEN Lambda refusing the new role twice
+    for _ in range(2):
+        lambda_stub.add_client_error("create_function", **role_not_ready())
+    lambda_stub.add_response("create_function", configuration())
+    lambda_stub.add_response("get_function", {"Configuration": configuration()})
+    # WHEN the function is created
+    aws.create_function(spec())
+    # THEN it succeeded on the third try after backing off 2 s then 4 s
+    assert time_.sleeps == [2.0, 4.0]
+
+
+def test_create_function_gives_up_after_the_propagation_budget(aws: AWS, lambda_stub: Stubber,
+                                                               time_: FakeTime) -> None:
+    # GIVEN a role that never becomes assumable (11 refusals: the stub fails the test on a 12th call)
+    for _ in range(11):
+        lambda_stub.add_client_error("create_function", **role_not_ready())
+    # WHEN creating the function
+    with pytest.raises(ClientError, match="cannot be assumed"):
+        aws.create_function(spec())
+    # THEN it backed off exponentially, capped at 15 s, and stopped within its 120 s budget
+    assert time_.sleeps == [2.0, 4.0, 8.0] + [15.0] * 7 and sum(time_.sleeps) <= 120
+
+
+def test_other_create_errors_are_not_retried(aws: AWS, lambda_stub: Stubber, time_: FakeTime) -> None:
+    # GIVEN an error that is not about propagation
+    lambda_stub.add_client_error("create_function", "ResourceConflictException", "Function already exist")
+    # WHEN creating
+    # THEN it fails at once
+    with pytest.raises(ClientError, match="already exist"):
+        aws.create_function(spec())
+    assert time_.sleeps == []
+
+
+def test_update_configuration_sends_the_mount_and_waits_for_the_update(aws: AWS, lambda_stub: Stubber) -> None:
+    # GIVEN a spec with a new memory size
+    wanted = spec()
+    lambda_stub.add_response("update_function_configuration", configuration(update="InProgress"), {
+        "FunctionName": "demo-inference", "Role": wanted.role, "Description": wanted.description(),
+        "MemorySize": 3008, "Timeout": 30, "EphemeralStorage": {"Size": 512},
+        "Environment": {"Variables": dict(wanted.environment)}, "ImageConfig": {"Command": list(wanted.command)},
+        "VpcConfig": {"SubnetIds": ["subnet-0a", "subnet-0b"], "SecurityGroupIds": ["sg-0f"]},
+        "FileSystemConfigs": [{"Arn": AP, "LocalMountPath": "/mnt/models"}]})
+    lambda_stub.add_response("get_function", {"Configuration": configuration(update="Successful")})
+    # WHEN updated
+    # THEN the request matches and the waiter saw the update finish
+    aws.update_function_configuration(wanted)
+
+
+def test_provisioned_concurrency_is_set_read_and_deleted_on_the_alias(aws: AWS, lambda_stub: Stubber) -> None:
+    # GIVEN the provisioned-concurrency calls moto does not implement
+    lambda_stub.add_response("put_provisioned_concurrency_config", {"RequestedProvisionedConcurrentExecutions": 2},
+                             {"FunctionName": "demo-inference", "Qualifier": "live",
+                              "ProvisionedConcurrentExecutions": 2})
+    lambda_stub.add_response("get_provisioned_concurrency_config",
+                             {"RequestedProvisionedConcurrentExecutions": 2, "Status": "IN_PROGRESS"},
+                             {"FunctionName": "demo-inference", "Qualifier": "live"})
+    lambda_stub.add_client_error("get_provisioned_concurrency_config", "ProvisionedConcurrencyConfigNotFoundException",
+                                 "No Provisioned Concurrency Config found", 404)
+    lambda_stub.add_response("delete_provisioned_concurrency_config", {},
+                             {"FunctionName": "demo-inference", "Qualifier": "live"})
+    # WHEN set, read, read when absent, and deleted
+    aws.set_provisioned_concurrency("demo-inference", "live", 2)
+    requested = aws.provisioned_concurrency("demo-inference", "live")
+    absent = aws.provisioned_concurrency("demo-inference", "live")
+    aws.delete_provisioned_concurrency("demo-inference", "live")
+    # THEN the requested count is read back, and absence is None rather than an error
+    assert (requested, absent) == (2, None)
+
+
+def test_scaling_uses_target_tracking_on_provisioned_utilization(aws: AWS) -> None:
+    # GIVEN a stubbed Application Auto Scaling client
+    client = boto3.client("application-autoscaling", region_name="us-east-1")
+    aws._clients["application-autoscaling"] = client
+    with Stubber(client) as stub:
+        stub.add_response("register_scalable_target", {}, {
+            "ServiceNamespace": "lambda", "ResourceId": "function:demo-inference:live",
+            "ScalableDimension": "lambda:function:ProvisionedConcurrency", "MinCapacity": 1, "MaxCapacity": 5,
+            "Tags": {"breedserve:stack": "demo"}})
+        stub.add_response("put_scaling_policy", {"PolicyARN": "arn:p", "Alarms": []}, {
+            "PolicyName": "demo-provisioned-utilization", "ServiceNamespace": "lambda",
+            "ResourceId": "function:demo-inference:live", "ScalableDimension": "lambda:function:ProvisionedConcurrency",
+            "PolicyType": "TargetTrackingScaling", "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": 0.7,
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "LambdaProvisionedConcurrencyUtilization"}}})
+        # WHEN scaling is registered and its policy put
+        aws.register_scaling("demo-inference", "live", 1, 5, {"breedserve:stack": "demo"})
+        aws.put_scaling_policy("demo-inference", "live", "demo-provisioned-utilization", 0.7)
+        # THEN both requests match exactly
+        stub.assert_no_pending_responses()
+
+
+def test_function_url_is_created_on_the_alias_with_cors(aws: AWS, lambda_stub: Stubber) -> None:
+    # GIVEN a CORS block
+    cors = {"AllowOrigins": ["https://dogs.example"], "AllowMethods": ["POST"], "MaxAge": 300}
+    lambda_stub.add_response("create_function_url_config", {
+        "FunctionUrl": "https://abc.lambda-url.us-east-1.on.aws/", "FunctionArn": FUNCTION_ARN, "AuthType": "AWS_IAM",
+        "CreationTime": "2026-01-01T00:00:00Z"},
+        {"FunctionName": "demo-inference", "Qualifier": "live", "AuthType": "AWS_IAM", "InvokeMode": "BUFFERED",
+         "Cors": cors})
+    # WHEN the URL is created
+    url = aws.create_function_url("demo-inference", "live", "AWS_IAM", cors, "BUFFERED")
+    # THEN it is on the alias with exactly that CORS block
+    assert url.startswith("https://abc.lambda-url")
+
+
+def test_a_public_url_permission_names_the_function_url_condition(aws: AWS, lambda_stub: Stubber) -> None:
+    # GIVEN the second statement a public URL needs since October 2025
+    lambda_stub.add_response("add_permission", {"Statement": "{}"}, {
+        "FunctionName": "demo-inference", "StatementId": "FunctionURLAllowInvokeAction",
+        "Action": "lambda:InvokeFunction", "Principal": "*", "Qualifier": "live", "InvokedViaFunctionUrl": True})
+    # WHEN added
+    # THEN it is scoped to invocations through the URL
+    aws.add_permission("demo-inference", "FunctionURLAllowInvokeAction", "lambda:InvokeFunction", "*",
+                       qualifier="live", InvokedViaFunctionUrl=True)
+
+
+def test_missing_credentials_are_one_clear_error(aws: AWS, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN no credentials anywhere
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    fresh = AWS("us-east-1", session=boto3.Session(region_name="us-east-1"))
+    # WHEN the account is needed
+    # THEN the error says how to provide credentials
+    with pytest.raises(CredentialsError, match="no AWS credentials found"):
+        fresh.account_id()
