@@ -35,7 +35,9 @@ RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps -
         -x '/torch/testing/_internal/' /opt/torch
 
 # Everything else, pinned with all transitive dependencies, installed without resolution;
-# `pip check` then proves the set (torch included) is complete and consistent.
+# `pip check` then proves the set (torch included) is complete and consistent. torch's sympy,
+# networkx and setuptools are installed but not compiled: serving never imports them, and
+# compiling sympy alone costs a minute of build time.
 # PIP_CONFIG_FILE lets a build point pip at a mirror, wheel directory or CA bundle.
 FROM python-base AS deps
 ARG PIP_CONFIG_FILE
@@ -47,7 +49,8 @@ RUN --mount=type=bind,from=torch,source=/opt/torch,target=/opt/torch \
         > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/breedserve-torch.pth" \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --quiet --yes pip \
-    && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv
+    && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+        -x '/site-packages/(sympy|mpmath|networkx|setuptools|pkg_resources)/' /opt/venv
 
 # Our code, compiled in its own stage so the image gets it as one small layer.
 FROM python-base AS code

@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
+demo: install
+	$(PY) -m emulator demo --workdir $(WORK) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION) $(IMAGES)
+
+serve: install
+	$(PY) -m emulator demo --prepare-only --workdir $(WORK) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION)
+	$(PY) -m emulator serve --port $(PORT) --model-root $(MODEL_ROOT) --model-name $(MODEL_NAME) --model-alias live
+
 test: install
 	$(PY) -m pytest -q
 

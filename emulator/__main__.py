@@ -1,5 +1,7 @@
 """`python -m emulator serve ...`: a local Lambda function with a Function URL on 127.0.0.1.
 
+(`python -m emulator demo` runs the end-to-end demo; see `emulator.demo`.)
+
 Runs until SIGINT/SIGTERM, then stops its runtimes and exits 0. Fails with one line and exit
 status 1 when it cannot start (bad option, port in use, image missing).
 """
@@ -14,6 +16,8 @@ from pathlib import Path
 from types import FrameType
 
 from emulator.config import DEFAULT_HANDLER, REPO_ROOT, EmulatorConfig, default_region
+from emulator.demo import add_arguments as add_demo_arguments
+from emulator.demo import run_demo
 from emulator.exceptions import EmulatorClosedError, EmulatorError
 from emulator.report import StreamLog
 from emulator.service import Emulator
@@ -62,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--region", default=default_region(), help="AWS_REGION of the function")
     serve.add_argument("--init-timeout", type=float, default=10.0,
                        help="init phase limit in seconds before the function timeout takes over (default 10)")
+    demo = commands.add_parser(
+        "demo", help="publish a demo model, serve it, classify photos (what `make demo` runs)",
+        description="Publish a demo model to a local store, sync it into a model root, start the emulated "
+                    "function and send photos through its Function URL; prints the top-5 breeds and timings.")
+    add_demo_arguments(demo)
     return parser
 
 
@@ -112,6 +121,8 @@ def _announce_ready(emulator: Emulator) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            return run_demo(args)
         return serve(config_from_args(args))
     except EmulatorError as exc:
         print(f"emulator: error: {exc}", file=sys.stderr)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
@@ -22,6 +24,24 @@ T = TypeVar("T")
 
 CLIENT_CONFIG = BotoConfig(retries={"mode": "standard", "max_attempts": 8}, user_agent_extra="breedserve-infra",
                            connect_timeout=10, read_timeout=60)
+
+
+_MODEL_LOADER: botocore.loaders.Loader | None = None
+
+
+def new_session(region: str) -> boto3.Session:
+    """A fresh session (credentials resolved anew) sharing one loader of service models.
+
+    Parsing the service JSON (EC2's is megabytes) dominates client creation; the loader only
+    caches those models, so sharing it across sessions in one process is safe and saves seconds
+    per command when commands run in-process (the tests, `canary --watch`).
+    """
+    global _MODEL_LOADER
+    if _MODEL_LOADER is None:
+        _MODEL_LOADER = botocore.loaders.create_loader()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _MODEL_LOADER)
+    return boto3.Session(botocore_session=core, region_name=region)
 
 
 def error_code(exc: BaseException) -> str:
@@ -48,7 +68,7 @@ class AWSBase:
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
                  progress: Callable[[str], None] | None = None) -> None:
         self.region = region
-        self.session = session or boto3.Session(region_name=region)
+        self.session = session or new_session(region)
         self.sleep = sleep
         self.clock = clock
         self.progress = progress or (lambda _message: None)

@@ -31,12 +31,13 @@ METRICS_FILE = "metrics.json"
 CLASS_NAMES_FILE = "class_names.txt"
 
 
-def checkpoint_path(out: Path) -> Path:
-    return Path(out) / CHECKPOINT_DIR / LAST_CHECKPOINT
+def checkpoint_path(directory: Path) -> Path:
+    """The latest checkpoint in a checkpoint directory (default `--out/checkpoints`)."""
+    return Path(directory) / LAST_CHECKPOINT
 
 
-def best_weights_path(out: Path) -> Path:
-    return Path(out) / CHECKPOINT_DIR / BEST_WEIGHTS
+def best_weights_path(directory: Path) -> Path:
+    return Path(directory) / BEST_WEIGHTS
 
 
 def capture_rng() -> dict[str, Any]:

@@ -13,17 +13,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from model_store.exceptions import ModelStoreError
 from model_store.manifest import Preprocessing, check_name
 from model_store.publish import publish_state_dict
 from model_store.store import manifest_key, open_store
+from training.checkpoint import checkpoint_path
 from training.data import discover
 from training.distributed import DEVICES, Context, setup, teardown
 from training.exceptions import ConfigError, TrainingError
-from training.loop import RunResult, TrainConfig, fit
+from training.loop import Log, RunResult, TrainConfig, fit
 from training.model import parse_architecture
 from training.search import run_search
 
@@ -44,16 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "many (torchrun, DDP), and optionally publish it to a breedserve model store.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data and model")
-    data.add_argument("--data", type=Path, required=True, help="ImageFolder root with train/, valid/ and test/")
-    data.add_argument("--out", type=Path, required=True,
-                      help="output directory: model.safetensors, metrics.json, class_names.txt, checkpoints/")
+    data.add_argument("--data", type=Path, default=_env_path("SM_CHANNEL_TRAINING"),
+                      required="SM_CHANNEL_TRAINING" not in os.environ,
+                      help="ImageFolder root with train/, valid/ and test/ (default in SageMaker: the "
+                           "'training' channel)")
+    data.add_argument("--out", type=Path, default=_env_path("SM_MODEL_DIR"), required="SM_MODEL_DIR" not in os.environ,
+                      help="output directory: model.safetensors, metrics.json, class_names.txt, checkpoints/ "
+                           "(default in SageMaker: the model directory)")
     data.add_argument("--arch", default="resnet50", help="resnet18|34|50|101|152 (default: resnet50)")
     data.add_argument("--head-hidden", type=int, metavar="N",
                       help="classifier head Linear(features, N), ReLU, Linear(N, classes); default one Linear")
     data.add_argument("--pretrained", type=Path, metavar="FILE",
                       help="local weights for the backbone (.pth, .safetensors or SageMaker model.tar.gz); "
                            "nothing is downloaded")
-    data.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=False,
+    data.add_argument("--freeze-backbone", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
                       help="train only the head (default: full fine-tune)")
     data.add_argument("--preprocess", default="resize224",
                       help="resize224 (default, as the original training), imagenet, or a JSON file "
@@ -67,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after N epochs without a lower val loss; 0 = never (default: 5)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--workers", type=int, help="data loader processes per training process (default: auto)")
-    train.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt")
+    train.add_argument("--resume", type=parse_resume, nargs="?", const=True, default=False, metavar="auto",
+                       help="continue from the last checkpoint; 'auto': if there is one, else start "
+                            "(for restarted spot jobs)")
+    train.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                       help="where checkpoints go (default: OUT/checkpoints; in SageMaker use /opt/ml/checkpoints)")
     train.add_argument("--search", type=int, default=0, metavar="N",
                        help="random search: N trials over lr and batch size, each --epochs long; best kept")
     train.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
@@ -79,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--version", help="new version to create")
     pub.add_argument("--alias", help="also point this alias (e.g. live) at the new version")
     return parser
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def parse_bool(value: str) -> bool:
+    """`--flag`, `--flag true` and `--flag false` all work: SageMaker passes every hyperparameter a value."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def parse_resume(value: str) -> bool | str:
+    return "auto" if value.strip().lower() == "auto" else parse_bool(value)
 
 
 def read_preprocess(value: str) -> Preprocessing:
@@ -108,12 +136,15 @@ def make_config(args: argparse.Namespace, ctx: Context) -> TrainConfig:
         raise ConfigError("--patience cannot be negative")
     if args.lr <= 0:
         raise ConfigError(f"--lr must be positive, not {args.lr}")
-    return TrainConfig(
+    config = TrainConfig(
         arch=parse_architecture(args.arch, args.head_hidden), preprocess=read_preprocess(args.preprocess),
         out=args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         freeze_backbone=args.freeze_backbone, pretrained=args.pretrained,
         workers=default_workers(ctx.local_world_size) if args.workers is None else args.workers,
-        seed=args.seed, patience=args.patience, amp=args.amp, resume=args.resume)
+        seed=args.seed, patience=args.patience, amp=args.amp, checkpoint_dir=args.checkpoint_dir)
+    if args.resume == "auto":
+        return replace(config, resume=checkpoint_path(config.checkpoints).is_file())
+    return replace(config, resume=bool(args.resume))
 
 
 def check_publish_target(args: argparse.Namespace) -> None:
@@ -137,7 +168,7 @@ def check_publish_target(args: argparse.Namespace) -> None:
 
 
 def publish(result: RunResult, config: TrainConfig, args: argparse.Namespace, class_names: tuple[str, ...],
-            log: Any) -> None:
+            log: Log) -> None:
     """Hand the best weights to the model store with the manifest serving needs."""
     _show_store_steps()
     m = result.metrics

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from model_store.manifest import Architecture, Preprocessing
 from training.checkpoint import (
+    CHECKPOINT_DIR,
     best_weights_path,
     capture_rng,
     checkpoint_path,
@@ -57,6 +58,12 @@ class TrainConfig:
     patience: int = 5
     amp: str = "auto"
     resume: bool = False
+    checkpoint_dir: Path | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where checkpoints go: `--checkpoint-dir`, else `--out/checkpoints`."""
+        return self.checkpoint_dir or self.out / CHECKPOINT_DIR
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
@@ -160,8 +167,8 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
         progress.epoch = epoch
         if ctx.is_main:
             if improved:
-                save_weights(best_state, best_weights_path(config.out))
-            save_checkpoint(checkpoint_path(config.out), _checkpoint_state(config, tree, model, optimizer,
+                save_weights(best_state, best_weights_path(config.checkpoints))
+            save_checkpoint(checkpoint_path(config.checkpoints), _checkpoint_state(config, tree, model, optimizer,
                                                                            scaler, progress))
         log(f"epoch {epoch}/{config.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
             f"val_acc {val_acc:.3f}  {stats.seconds:.1f}s{'  *best' if improved else ''}")
@@ -281,7 +288,7 @@ def _checkpoint_state(config: TrainConfig, tree: ImageTree, model: nn.Module, op
 
 def _restore(config: TrainConfig, tree: ImageTree, model: nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, ctx: Context) -> _Progress:
-    path = checkpoint_path(config.out)
+    path = checkpoint_path(config.checkpoints)
     state = load_checkpoint(path)
     expected, found = _identity(config, tree), state.get("identity", {})
     differing = sorted(k for k in expected if found.get(k) != expected[k])
@@ -312,6 +319,6 @@ def _restore(config: TrainConfig, tree: ImageTree, model: nn.Module, optimizer: 
 def _best_state(config: TrainConfig, model: nn.Module, progress: _Progress) -> dict[str, Tensor]:
     """The best weights so far: the saved file when resuming, else the initial weights."""
     if progress.best_epoch:
-        return load_weights(best_weights_path(config.out))
+        return load_weights(best_weights_path(config.checkpoints))
     return _cpu_copy(model.state_dict())
 

@@ -79,7 +79,7 @@ def run_search(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log, cou
     for trial in trials:
         log(f"trial {trial.number}/{count}: lr {trial.lr:g}, batch {trial.batch_size}")
         trial_config = replace(config, lr=trial.lr, batch_size=trial.batch_size,
-                               out=config.out / TRIALS_DIR / f"trial-{trial.number:02d}")
+                               out=config.out / TRIALS_DIR / f"trial-{trial.number:02d}", checkpoint_dir=None)
         result = fit(trial_config, tree, ctx, _prefixed(log, f"[trial {trial.number}] "))
         results[trial.number] = result
         rows.append({"trial": trial.number, "lr": trial.lr, "batch_size": trial.batch_size,

@@ -62,6 +62,12 @@ def test_deploy_release_and_destroy_round_trip(aws_endpoint: str, capsys: pytest
     code, planned = cli("plan")
     assert code == 0 and "+ create S3 bucket breedserve-models-123456789012-us-east-1" in planned
     assert not any(tagged_resources().values())
+    # AND release commands refuse, in one line, until something is deployed
+    capsys.readouterr()
+    for command in (["promote"], ["rollback"], ["canary", "--model-version", "demo-2"]):
+        code, _ = cli(*command)
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and "run `deploy` first" in err
 
     # WHEN deployed from the example config
     code, deployed = cli("deploy")
@@ -118,13 +124,3 @@ def test_deploy_release_and_destroy_round_trip(aws_endpoint: str, capsys: pytest
     code, empty = cli("destroy", "--yes")
     assert code == 0 and "Nothing to do" in empty
 
-
-def test_release_commands_before_deploy_fail_with_one_line(aws_endpoint: str,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    # GIVEN nothing deployed
-    for command in (["promote"], ["rollback"], ["canary", "--model-version", "demo-2"]):
-        # WHEN a release command runs
-        code, _ = cli(*command)
-        # THEN it says to deploy first, in one line
-        err = capsys.readouterr().err
-        assert code == 1 and err.count("\n") == 1 and "run `deploy` first" in err

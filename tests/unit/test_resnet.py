@@ -55,8 +55,11 @@ HEADS = [
 ]
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-@pytest.mark.parametrize("head", HEADS, ids=["linear", "mlp", "mlp-dropout"])
+@pytest.mark.parametrize(
+    ("depth", "head"),
+    [(18, HEADS[0]), (18, HEADS[1]), (18, HEADS[2]), (50, HEADS[0]), (50, HEADS[1])],
+    ids=["18-linear", "18-mlp", "18-mlp-dropout", "50-linear", "50-mlp"],
+)
 def test_logits_equal_torchvision(depth: int, head: Head) -> None:
     # GIVEN a torchvision ResNet with a replaced head and non-trivial BatchNorm statistics
     reference = torchvision_resnet(depth, head, num_classes=133, seed=depth)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from training.cli import build_parser, main, make_config
+from training.distributed import Context
 from training.synthetic import make_dataset
 
 
@@ -75,3 +76,24 @@ def test_mismatched_class_folders_and_an_existing_version_stop_the_run(
     # THEN both fail fast with the reason
     assert taken[0] == 1 and "m version v1 already exists" in taken[1]
     assert broken[0] == 1 and "test/ and train/ list different classes" in broken[1]
+
+
+def test_sagemaker_script_mode_needs_no_paths_and_gives_every_flag_a_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN SageMaker's environment, which passes hyperparameters as `--key value` pairs
+    monkeypatch.setenv("SM_CHANNEL_TRAINING", str(tmp_path / "data"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "model"))
+    argv = ["--arch", "resnet18", "--freeze-backbone", "true", "--resume", "auto",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    # WHEN the flags are parsed before and after a checkpoint exists
+    args = build_parser().parse_args(argv)
+    first = make_config(args, Context())
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "last.pt").write_bytes(b"")
+    restarted = make_config(args, Context())
+    # THEN the channel and model directory are the defaults, and `auto` resumes only when it can
+    assert (args.data, args.out) == (tmp_path / "data", tmp_path / "model")
+    assert first.freeze_backbone is True and first.resume is False and restarted.resume is True
+    assert first.checkpoints == tmp_path / "ck"
+    assert build_parser().parse_args([*argv[:2], "--freeze-backbone", "false"]).freeze_backbone is False
+    assert build_parser().parse_args(["--freeze-backbone"]).freeze_backbone is True
