@@ -198,16 +198,19 @@ def _release(args: argparse.Namespace, out: TextIO, planner: Any, verb: str) -> 
 
 
 def cmd_invoke(args: argparse.Namespace, out: TextIO) -> int:
-    stack, aws = _session(args, out)
+    config = _config(args)
     url = args.url
-    if not url:
+    if url:
+        aws = AWS(config.region)
+    else:
+        stack, aws = _session(args, out)
         found = aws.function_url(stack.inference_function, ALIAS)
         if found is None:
             raise InfraError(f"{stack.inference_function}:{ALIAS} has no Function URL: run `deploy` first")
         url = found.url
     credentials = aws.session.get_credentials()
     answer = invoke_image(url, args.image, credentials.get_frozen_credentials() if credentials else None,
-                          stack.region, top_k=args.top_k)
+                          config.region, top_k=args.top_k)
     print(format_predictions(answer), file=out)
     return 0
 

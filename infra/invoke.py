@@ -77,7 +77,7 @@ def format_predictions(answer: dict[str, Any]) -> str:
     predictions = answer.get("predictions")
     if not isinstance(predictions, list):
         return json.dumps(answer, indent=2)
-    lines = [f"{float(p.get('probability', 0.0)):7.2%}  {p.get('label', p.get('index'))}" for p in predictions]
+    lines = [f"{float(p.get('probability', 0.0)):6.2%}  {p.get('label', p.get('index'))}" for p in predictions]
     model = answer.get("model")
     if isinstance(model, dict):
         lines.append("model: " + ", ".join(f"{k} {v}" for k, v in model.items()))
