@@ -22,8 +22,8 @@ RUN python3 -m venv /opt/venv
 # torch alone, from the PyTorch index only (--isolated: no pip configuration can add PyPI, whose
 # x86_64 torch is the CUDA build). TORCH_VERSION may carry a local label, e.g. 2.14.1+cpu.
 # Dropped from the wheel: C++ headers, C++ test binaries and console scripts (~200 MB that only
-# extension builds and torch's own tests use). torch's Python test helpers stay, uncompiled: some
-# use syntax newer than the base's Python.
+# extension builds and torch's own tests use). Compiled: all of torch (`import torch` itself loads
+# parts of torch.testing._internal) except its py3NN_* modules, written for newer Pythons.
 FROM python-base AS torch
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
@@ -32,7 +32,7 @@ RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps -
     && rm -rf /opt/torch/bin /opt/torch/torch/include /opt/torch/torch/test \
     && find /opt/torch/torch/bin -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
     && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-        -x '/torch/testing/_internal/' /opt/torch
+        -x '/torch/testing/_internal/py3[0-9]+_' /opt/torch
 
 # Everything else, pinned with all transitive dependencies, installed without resolution;
 # `pip check` then proves the set (torch included) is complete and consistent. torch's sympy,

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from benchmarks.cost_latency import (
 from benchmarks.exceptions import LatencyBenchmarkError
 from benchmarks.latency_emulator import ColdSample, EmulatedFunction, pinning_method
 from benchmarks.latency_images import Photo, photo_set
-from benchmarks.latency_machine import machine_info, usable_cores
+from benchmarks.latency_machine import busy_note, load_average, machine_info, usable_cores
 from benchmarks.latency_measure import (
     ChildColdStart,
     WarmSeries,
@@ -77,7 +77,7 @@ class RunSettings:
     emulator_all_sizes: bool  # quick: the emulator runs only at the largest measured size
 
     @classmethod
-    def choose(cls, quick: bool, samples: int | None = None) -> "RunSettings":
+    def choose(cls, quick: bool, samples: int | None = None) -> RunSettings:
         if quick:
             base = cls(quick=True, samples=5, warmup=1, cold_repeats=1, matmul_repeats=2, batch_size=4,
                        batch_repeats=2, emulator_all_sizes=False)
@@ -88,10 +88,10 @@ class RunSettings:
             return base
         if samples < 1:
             raise LatencyBenchmarkError("--samples must be at least 1")
-        return RunSettings(**{**base.__dict__, "samples": samples})
+        return replace(base, samples=samples)
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "quick" if self.quick else "full", **self.__dict__}
+        return {"mode": "quick" if self.quick else "full", **asdict(self)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         raise LatencyBenchmarkError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
     progress(f"wrote {out / REPORT_JSON} and {out / REPORT_MD}")
     sys.stdout.write("Targets (issue 8; measured, never asserted):\n\n" + targets_table(report.targets) + "\n")
+    busy = report.details["run"].get("busy")
+    if busy:
+        sys.stdout.write(f"\nWarning: {busy}.\n")
     if report.recommended_memory_mb is not None:
         sys.stdout.write(f"\nRecommended memory size: {report.recommended_memory_mb:,} MB "
                          f"({report.details['recommendation']['reason']})\n")
@@ -234,6 +237,9 @@ def measure(args: argparse.Namespace, settings: RunSettings, scratch: Path, prog
             _record_cold(m, function.cold_start(photo_1mp.jpeg), top, headline_variant, progress)
             m.emulator_rss_mb = max(m.emulator_rss_mb, function.peak_rss_mb())
 
+    busy = busy_note(machine, cores)
+    if busy:
+        progress(busy)
     return _report(model, variants, photos, plan, top, target_step, headline_variant, roofline, machine,
                    settings, m, progress, cores)
 
@@ -354,7 +360,8 @@ def _report(model: ModelRef, variants: tuple[str, ...], photos: Sequence[Photo],
         for r in m.results if r.path == "classifier" and r.image == DEFAULT_IMAGE and "inference" in r.steps
     ]
     details = {
-        "run": {**settings.describe(), "duration_s": round(progress.elapsed_s, 1)},
+        "run": {**settings.describe(), "duration_s": round(progress.elapsed_s, 1),
+                "load_average_at_end": load_average(), "busy": busy_note(machine, cores)},
         "model": model.describe(),
         "photos": [p.describe() for p in photos],
         "sizes": [s.to_dict() for s in plan],
@@ -366,8 +373,8 @@ def _report(model: ModelRef, variants: tuple[str, ...], photos: Sequence[Photo],
         "cold_starts": {
             "child": [c.to_dict() for c in m.child_colds],
             "emulator": m.emulator_colds,
-            "headline": f"emulator at {top.memory_mb:,} MB ({top.threads} threads), {headline_variant}; "
-                        f"median of {len(headline_colds)}",
+            "headline": f"{top.memory_mb:,} MB ({top.threads} threads), {headline_variant}, "
+                        f"median of {len(headline_colds)} start(s)",
             "torchvision_imported": any(c.torchvision_imported for c in m.child_colds),
         },
         "emulator": {"pinning": pinning_method(), "peak_rss_mb": round(m.emulator_rss_mb, 1),

@@ -12,11 +12,12 @@ import time
 
 STARTED_EPOCH = time.time()  # first thing: the parent subtracts its spawn time to get interpreter start
 
-import argparse  # noqa: E402 - after the clock on purpose
-import json  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+# The rest of the imports come after the clock on purpose (all standard library, all cheap).
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
 
 
 def _ms(start: float) -> float:

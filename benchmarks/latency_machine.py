@@ -50,10 +50,6 @@ def machine_info() -> dict[str, Any]:
     """The `machine` object of latency.json."""
     build = torch_build()
     env = {name: os.environ.get(name, "unset") for name in THREAD_VARIABLES}
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
     return {
         "cpu_model": cpu_model(),
         "cores": usable_cores(),
@@ -72,5 +68,23 @@ def machine_info() -> dict[str, Any]:
             "OMP_NUM_THREADS/MKL_NUM_THREADS in the shell do not change its figures. OPENBLAS_NUM_THREADS "
             "only reaches numpy's OpenBLAS (photo generation), never inference."
         ),
-        "load_average_at_start": load,
+        "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the OS does not say)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def busy_note(machine: dict[str, Any], cores: int) -> str:
+    """A warning when other work competed for the CPUs during the run (1-minute load above the cores)."""
+    loads = [load[0] for load in (machine.get("load_average_at_start") or [], load_average()) if load]
+    if not loads or max(loads) <= cores:
+        return ""
+    return (f"the machine was busy (1-minute load average up to {max(loads):.1f} on {cores} cores): other "
+            "processes competed for the CPUs, so these figures are slower than on a quiet machine, the "
+            "multi-threaded ones most (their threads wait for each other)")

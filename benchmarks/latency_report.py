@@ -26,26 +26,21 @@ def render_markdown(report: LatencyReport) -> str:
     machine = report.machine
     model = d.get("model", {})
     run = d.get("run", {})
-    lines = [
-        f"# Latency: {model.get('arch', 'model')} ({model.get('num_classes', '?')} classes) on "
-        f"{machine.get('cpu_model', 'unknown CPU')}",
-        "",
-        f"{run.get('mode', '?')} run, {run.get('samples', '?')} recorded requests per configuration after "
-        f"{run.get('warmup', '?')} discarded, {machine.get('cores', '?')} cores, torch "
-        f"{machine.get('torch_version', '?')}, load average at start "
-        f"{' / '.join(str(x) for x in machine.get('load_average_at_start', [])) or 'unknown'}; "
-        f"took {run.get('duration_s', '?')} s. Model {model.get('name')}/{model.get('version')}"
-        f"{' (the untrained demo model)' if model.get('demo') else ''}, variants "
-        f"{', '.join(d.get('variants', []))}.",
-        "",
-        "## Targets (issue 8)",
-        "",
-        f"Measured at {d.get('target_threads', '?')} thread(s) on the Classifier path with the ~1 MP photo "
-        "unless the row says otherwise. Printed, never asserted by tests.",
-        "",
-        targets_table(report.targets),
-        "",
-    ]
+    title = (f"# Latency: {model.get('arch', 'model')} ({model.get('num_classes', '?')} classes) on "
+             f"{machine.get('cpu_model', 'unknown CPU')}")
+    load = " / ".join(str(x) for x in machine.get("load_average_at_start", [])) or "unknown"
+    summary = (f"{run.get('mode', '?')} run, {run.get('samples', '?')} recorded requests per configuration after "
+               f"{run.get('warmup', '?')} discarded, {machine.get('cores', '?')} cores, torch "
+               f"{machine.get('torch_version', '?')}, load average at start {load}; took "
+               f"{run.get('duration_s', '?')} s. Model {model.get('name')}/{model.get('version')}"
+               f"{' (the untrained demo model)' if model.get('demo') else ''}, variants "
+               f"{', '.join(d.get('variants', []))}.")
+    scope = (f"Measured at {d.get('target_threads', '?')} thread(s) on the Classifier path with the ~1 MP photo "
+             "unless the row says otherwise. Printed, never asserted by tests.")
+    lines = [title, "", summary, ""]
+    if run.get("busy"):
+        lines += [f"**Warning:** {run['busy']}.", ""]
+    lines += ["## Targets (issue 8)", "", scope, "", targets_table(report.targets), ""]
     lines += _cold_start(report)
     for path in ("classifier", "emulator"):
         rows = [r for r in report.results if r.path == path]
@@ -75,7 +70,7 @@ def _cold_start(report: LatencyReport) -> list[str]:
     colds = report.details.get("cold_starts", {})
     lines = ["## Cold start", ""]
     if cold.first_response_ms is not None:
-        lines.append(f"Through the emulator ({colds.get('headline', '')}): runtime start to first response "
+        lines.append(f"Through the emulator, {colds.get('headline', '')}: runtime start to first response "
                      f"**{cold.first_response_ms:,.0f} ms**, of which init (Lambda's billed Init Duration) "
                      f"**{cold.init_ms:,.0f} ms**.")
     else:
@@ -127,10 +122,10 @@ def _roofline(roofline: Mapping[str, Any]) -> list[str]:
         return []
     peaks = roofline.get("peak_gflops_by_threads", {})
     roofs = roofline.get("roofline_ms_by_threads", {})
-    lines = ["## Roofline", "",
-             f"The model does **{roofline.get('model_gflop', '?')} GFLOP** per image (counted from its conv and "
+    intro = (f"The model does **{roofline.get('model_gflop', '?')} GFLOP** per image (counted from its conv and "
              f"linear layers). Peak: {roofline.get('matmul', '')}. Roofline time = FLOPs / peak; a ratio below 1 "
-             "is faster than fp32 matmul could be.", ""]
+             "is faster than fp32 matmul could be.")
+    lines = ["## Roofline", "", intro, ""]
     lines += _table(("threads", "peak GFLOP/s", "roofline ms"),
                     ((t, f"{peaks[t]:,.1f}", f"{roofs.get(t, 0):,.1f}") for t in peaks), "---:|---:|---:|")
     variants = roofline.get("variants") or []
@@ -163,10 +158,10 @@ def _sizes(report: LatencyReport) -> list[str]:
 def _batch(batch: Mapping[str, Any]) -> list[str]:
     if not batch:
         return []
-    return ["## Batch", "",
-            f"`classify_batch` on {batch['batch_size']} copies of the {batch['image']} photo: "
+    text = (f"`classify_batch` on {batch['batch_size']} copies of the {batch['image']} photo: "
             f"{batch['per_image_ms']:,.1f} ms per image against {batch['single_p50_ms']:,.1f} ms for single "
-            f"requests (p50), **{batch['speedup']:.2f}x** the throughput.", ""]
+            f"requests (p50), **{batch['speedup']:.2f}x** the throughput.")
+    return ["## Batch", "", text, ""]
 
 
 def _machine(machine: Mapping[str, Any], details: Mapping[str, Any]) -> list[str]:

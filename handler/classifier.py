@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from handler.config import DEFAULT_MAX_IMAGE_PIXELS
 from handler.decode import decode_image
-from handler.exceptions import BadRequestError, HandlerError, InternalError
+from handler.exceptions import BadRequestError, HandlerError, InternalError, PayloadTooLargeError
 from model_store.loader import load
 from model_store.manifest import Manifest
-from model_store.preprocess import draft_size, to_tensor
+from model_store.preprocess import draft_size, resized_size, to_tensor
 
 UNTRAINED_WARNING = "model is untrained (demo weights): predictions are meaningless"
 DEFAULT_TOP_K = 5
@@ -119,8 +119,18 @@ class Classifier:
         return top_k
 
     def decode(self, data: bytes) -> Image.Image:
-        """Bytes -> RGB image (see `handler.decode`), JPEGs reduced toward the model's input size."""
-        return decode_image(data, draft=self.draft, max_pixels=self.max_image_pixels)
+        """Bytes -> RGB image (see `handler.decode`), JPEGs reduced toward the model's input size.
+
+        A shorter-side resize scales a 30000x1 image to 7680000x256 (6 GB of RGB): the resized
+        size is held to the same pixel limit as the image itself, before anything is allocated.
+        """
+        image = decode_image(data, draft=self.draft, max_pixels=self.max_image_pixels)
+        width, height = resized_size(image.width, image.height, self.manifest.preprocess)
+        if width * height > self.max_image_pixels:
+            raise PayloadTooLargeError(
+                f"a {image.width}x{image.height} image would be resized to {width}x{height} pixels; "
+                f"the limit is {self.max_image_pixels:,}", code="image_too_large")
+        return image
 
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB image -> float32 batch of one, `[1, 3, H, W]`, as the manifest's preprocessing says."""

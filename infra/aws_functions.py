@@ -12,12 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from botocore.exceptions import ClientError
 
 from infra.aws_base import AWSBase, error_code, iam_not_propagated, resource_conflict
 from infra.resources import FunctionSpec
-from infra.state import AliasState, FunctionState, LogGroupState, RoleState, ScalingState, UrlState, VersionState
+from infra.state import (
+    AliasState,
+    FunctionState,
+    LogGroupState,
+    RoleState,
+    ScalingState,
+    UrlState,
+    VersionState,
+)
 
 IAM_PROPAGATION_TIMEOUT = 120.0
 LAMBDA_WAIT = {"Delay": 2, "MaxAttempts": 450}  # VPC functions can take minutes to become Active
@@ -172,22 +181,24 @@ class FunctionsMixin(AWSBase):
         value = found.get("ReservedConcurrentExecutions")
         return None if value is None else int(value)
 
-    def provisioned_concurrency(self, function: str, qualifier: str) -> int | None:
+    def _provisioned_config(self, function: str, qualifier: str) -> dict[str, Any] | None:
         try:
-            found = self.client("lambda").get_provisioned_concurrency_config(FunctionName=function, Qualifier=qualifier)
+            return dict(self.client("lambda").get_provisioned_concurrency_config(FunctionName=function,
+                                                                                  Qualifier=qualifier))
         except ClientError as exc:
             if _not_found(exc):
                 return None
             raise
-        return int(found["RequestedProvisionedConcurrentExecutions"])
+
+    def provisioned_concurrency(self, function: str, qualifier: str) -> int | None:
+        found = self._provisioned_config(function, qualifier)
+        return None if found is None else int(found["RequestedProvisionedConcurrentExecutions"])
 
     def provisioned_concurrency_status(self, function: str, qualifier: str) -> str | None:
-        try:
-            found = self.client("lambda").get_provisioned_concurrency_config(FunctionName=function, Qualifier=qualifier)
-        except ClientError as exc:
-            if _not_found(exc):
-                return None
-            raise
+        """E.g. "IN_PROGRESS: 1/2 allocated" (allocation takes minutes after a change)."""
+        found = self._provisioned_config(function, qualifier)
+        if found is None:
+            return None
         return (f"{found.get('Status')}: {found.get('AllocatedProvisionedConcurrentExecutions', 0)}/"
                 f"{found['RequestedProvisionedConcurrentExecutions']} allocated")
 
@@ -335,7 +346,5 @@ def _configuration(spec: FunctionSpec) -> dict[str, Any]:
 def _as_document(value: Any) -> dict[str, Any]:
     """IAM returns documents URL-decoded and parsed by boto3, or as a string from some endpoints."""
     if isinstance(value, str):
-        from urllib.parse import unquote
-
         return dict(json.loads(unquote(value)))
     return dict(value)

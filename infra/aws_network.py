@@ -16,8 +16,15 @@ from botocore.exceptions import ClientError
 from infra.aws_base import AWSBase, dependency_violation, error_code
 from infra.config import STACK_TAG
 from infra.resources import RESOURCE_TAG
-from infra.state import (AccessPointState, FileSystemIds, FileSystemState, MountTargetState, Rule,
-                         SecurityGroupState, SubnetState)
+from infra.state import (
+    AccessPointState,
+    FileSystemIds,
+    FileSystemState,
+    MountTargetState,
+    Rule,
+    SecurityGroupState,
+    SubnetState,
+)
 
 EFS_TIMEOUT = 600.0
 # Lambda releases a deleted function's network interfaces lazily (AWS documents up to ~20 min,
@@ -51,12 +58,13 @@ def permission_of(rule: Rule, description: str = "") -> dict[str, Any]:
     if rule.protocol != "-1":
         permission.update(FromPort=rule.from_port, ToPort=rule.to_port)
     entry = {"Description": description} if description else {}
-    if rule.peer.startswith("sg-"):
-        permission["UserIdGroupPairs"] = [{"GroupId": rule.peer, **entry}]
-    elif rule.peer.startswith("pl-"):
-        permission["PrefixListIds"] = [{"PrefixListId": rule.peer, **entry}]
+    peer = str(rule.peer)  # resolved by the executor before the façade sees it
+    if peer.startswith("sg-"):
+        permission["UserIdGroupPairs"] = [{"GroupId": peer, **entry}]
+    elif peer.startswith("pl-"):
+        permission["PrefixListIds"] = [{"PrefixListId": peer, **entry}]
     else:
-        permission["IpRanges"] = [{"CidrIp": rule.peer, **entry}]
+        permission["IpRanges"] = [{"CidrIp": peer, **entry}]
     return permission
 
 

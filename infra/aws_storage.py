@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -158,8 +159,6 @@ class StorageMixin(AWSBase):
 
     def registry_login(self) -> tuple[str, str, str]:
         """(user, password, registry URL) for `docker login`, from ecr.get_authorization_token."""
-        import base64
-
         data = self.client("ecr").get_authorization_token()["authorizationData"][0]
         user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
         return user, password, str(data["proxyEndpoint"])

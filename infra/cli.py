@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +22,7 @@ from infra.config import Config, load_config
 from infra.destroy import plan_destroy
 from infra.exceptions import ConfigError, InfraError
 from infra.executor import DryRunExecutor, Executor
+from infra.image import DEFAULT_TAG
 from infra.inventory import take_inventory
 from infra.invoke import format_predictions, invoke_image
 from infra.plan import Plan
@@ -44,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str, config_required: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", default=None if not config_required else DEFAULT_CONFIG, metavar="FILE",
-                         help=f"TOML configuration (see infra/config.example.toml; default {DEFAULT_CONFIG})")
+        default = DEFAULT_CONFIG if config_required else None
+        sub.add_argument("--config", default=default, metavar="FILE",
+                         help="TOML configuration (see infra/config.example.toml; "
+                              + (f"default {DEFAULT_CONFIG})" if default else "optional here)"))
         return sub
 
     for name, text in (("plan", "show what deploy would create, update or leave alone (reads only)"),
@@ -82,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--tag", help="remote tag (default img-<image id>; tags are immutable)")
     push.add_argument("--platform", choices=sorted(PLATFORMS.values()),
                       help="build platform (default: the config's architecture, else the host's)")
-    push.add_argument("--image", dest="local_tag", default="breedserve:latest", metavar="TAG",
-                      help="local image to push; built when missing (default breedserve:latest)")
+    push.add_argument("--image", dest="local_tag", default=DEFAULT_TAG, metavar="TAG",
+                      help=f"local image to push; built when missing (default {DEFAULT_TAG})")
     push.add_argument("--build", action="store_true", help="build even if the local image exists")
     push.add_argument("--local", action="store_true", help="build with a local base image (no registry reachable)")
     push.add_argument("--engine", choices=("docker", "podman"), help="default: docker if its daemon answers, else podman")
@@ -101,19 +104,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except InfraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
     except NoCredentialsError:
-        print("error: no AWS credentials found: configure a profile (aws configure) or set AWS_ACCESS_KEY_ID",
-              file=sys.stderr)
-        return 1
+        return _fail("no AWS credentials found: configure a profile (aws configure) or set AWS_ACCESS_KEY_ID")
     except ClientError as exc:
-        operation = exc.operation_name if hasattr(exc, "operation_name") else "AWS call"
-        print(f"error: {operation}: {error_code(exc)}: {error_message(exc)}", file=sys.stderr)
-        return 1
+        return _fail(f"{exc.operation_name}: {error_code(exc)}: {error_message(exc)}")
     except BotoCoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, whatever the message held (AWS errors can carry HTML or newlines)."""
+    text = " ".join(message.split())
+    print(f"error: {text[:400]}", file=sys.stderr)
+    return 1
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -189,7 +193,7 @@ def cmd_canary(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _release(args: argparse.Namespace, out: TextIO, planner: Any, verb: str) -> int:
+def _release(args: argparse.Namespace, out: TextIO, planner: Callable[[Stack, AWS], Plan], verb: str) -> int:
     stack, aws = _session(args, out)
     plan = planner(stack, aws)
     DryRunExecutor(out).execute(plan, _title(stack, verb))
@@ -233,17 +237,19 @@ def cmd_policy(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_push(args: argparse.Namespace, out: TextIO) -> int:
+    """Only the digest URI goes to stdout (`URI=$(python -m infra push ...)`); progress to stderr."""
     platform = args.platform
+    log = sys.stderr
     aws: AWS | None = None
     if args.config:
-        stack, aws = _session(args, out)
+        stack, aws = _session(args, log)
         platform = platform or PLATFORMS[stack.config.image.architecture]
         repository = args.repository
         if not repository:
             plan = plan_repository(stack, aws)
             if not plan.is_empty:
-                DryRunExecutor(out).execute(plan, _title(stack, "Repository"))
-                _run_plan(aws, plan, out)
+                DryRunExecutor(log).execute(plan, _title(stack, "Repository"))
+                _run_plan(aws, plan, log)
             state = aws.repository(stack.repository)
             assert state is not None
             repository = state.uri
@@ -259,7 +265,7 @@ def cmd_push(args: argparse.Namespace, out: TextIO) -> int:
     request = PushRequest(repository=repository, local_tag=args.local_tag, tag=args.tag, platform=platform,
                           build=args.build, local_build=args.local, engine=args.engine,
                           tls_verify=not args.insecure_registry)
-    uri = push_image(request, login=login, out=sys.stderr)
+    uri = push_image(request, login=login, out=log)
     print(uri, file=out)
     return 0
 

@@ -31,8 +31,8 @@ def plan_destroy(stack: Stack, inventory: Inventory, *, delete_data: bool = Fals
             n.get("Id") == stack.notification_id for n in inventory.bucket.notifications):
         b.call("model bucket", f"stop triggering {stack.sync_function} on new manifests", "remove_model_notification",
                bucket=inventory.bucket.name, notification_id=stack.notification_id)
-    for group in inventory.log_groups:
-        b.call("logs", f"delete log group {group}", "delete_log_group", name=group)
+    for log_group in inventory.log_groups:
+        b.call("logs", f"delete log group {log_group}", "delete_log_group", name=log_group)
     for role in inventory.roles:
         b.call("roles", f"delete IAM role {role}", "delete_role", name=role)
     if inventory.file_system is not None:

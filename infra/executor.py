@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from infra.aws_base import error_code, error_message
 from infra.exceptions import AWSCallError
-from infra.plan import Call, Plan, Unchanged, resolve
+from infra.plan import Call, Plan, Unchanged, fill_in, resolve
 
 
 def render_plan(plan: Plan, title: str) -> str:
@@ -76,7 +76,8 @@ class Executor:
             if isinstance(step, Unchanged):
                 continue
             done += 1
-            print(f"  [{done}/{total}] {step.resource}: {step.message} ...", file=self.out, flush=True)
+            print(f"  [{done}/{total}] {step.resource}: {fill_in(step.message, variables)} ...", file=self.out,
+                  flush=True)
             started = self.clock()
             try:
                 result = getattr(self.facade, step.method)(**resolve(step.params, variables))

@@ -10,8 +10,9 @@ once per machine (the tag carries a key of the recipe, so a changed recipe build
 the build borrows the host's pip settings (find-links, file:// indexes, CA bundle) and, when the
 host has one, a CPU-only torch wheel, through a read-only bind mount.
 
-    python -m infra.image build --local --tag breedserve:local
-    python -m infra.image base
+    python -m infra.image build [--tag breedserve:latest] [--platform linux/arm64]
+    python -m infra.image build --local     # force the local base (auto when no registry answers)
+    python -m infra.image base              # just the local base image
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import platform as host_platform
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,7 +89,7 @@ def detect_engine() -> str:
     """
     if shutil.which("docker"):
         try:
-            answered = subprocess.run(["docker", "info"], stdout=subprocess.DEVNULL,
+            answered = subprocess.run(["docker", "info"], check=False, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, timeout=20).returncode == 0
         except subprocess.TimeoutExpired:
             answered = False
@@ -305,7 +307,8 @@ def ensure_local_base_image(*, progress: bool = True) -> str:
             raise PushError("building the local base image needs root (debootstrap): run as root or with sudo")
         started = time.monotonic()
         _say(progress, f"building the local base image {tag} with debootstrap (once per machine, ~2 min)")
-        with tempfile.TemporaryDirectory(prefix="breedserve-base-", dir="/var/tmp") as workdir:
+        # /var/tmp, not /tmp: the root filesystem and its tarball take ~400 MB, too much for a tmpfs.
+        with tempfile.TemporaryDirectory(prefix="breedserve-base-", dir="/var/tmp") as workdir:  # nosec B108
             rootfs = Path(workdir) / "rootfs"
             _debootstrap(rootfs, progress=progress)
             python = _rootfs_python(rootfs)
@@ -338,7 +341,7 @@ def debian_mirror() -> str:
     """The Debian mirror the host's apt uses for BASE_SUITE (reached the same way apt reaches it)."""
     try:
         listing = subprocess.run(["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE)"],
-                                 capture_output=True, text=True, timeout=30).stdout
+                                 capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return _DEFAULT_MIRROR
     for line in listing.splitlines():
@@ -352,7 +355,7 @@ def _apt_proxy_env() -> dict[str, str]:
     """apt's configured HTTP proxy, as the environment debootstrap's downloads honour."""
     try:
         proxy = subprocess.run(["apt-config", "shell", "PROXY", "Acquire::http::Proxy"],
-                               capture_output=True, text=True, timeout=30).stdout
+                               capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     match = re.search(r"PROXY='([^']+)'", proxy)
@@ -388,7 +391,7 @@ def _rootfs_python(rootfs: Path) -> str:
 
 
 def _image_exists(tag: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", tag]).returncode == 0
+    return subprocess.run(["podman", "image", "exists", tag], check=False).returncode == 0
 
 
 def _require_tools(*tools: str) -> None:
@@ -447,18 +450,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--engine", choices=ENGINES, help="default: docker if its daemon answers, else podman")
     build.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                        help="extra build argument, e.g. TORCH_VERSION=2.14.1 (repeatable)")
-    build.add_argument("--local", action="store_true",
-                       help="no registry reachable: debootstrap a base image and use this host's pip "
-                            "settings and CPU torch wheel (podman, root)")
+    build.add_argument("--local", action=argparse.BooleanOptionalAction, default=None,
+                       help="build FROM a debootstrapped Debian base with this host's pip settings and CPU "
+                            "torch wheel (podman, root). Default: only when no docker daemon answers and "
+                            "the Dockerfile's base image registry cannot be reached")
     commands.add_parser("base", help="build (once) the local Debian base image and print its tag")
     args = parser.parse_args(argv)
+    customised = bool(args.platform or args.base_image or args.engine or args.build_arg)
+    if args.command == "build" and args.local and customised:
+        parser.error("--local decides the base image, engine and build args itself")
     try:
         if args.command == "base":
             print(ensure_local_base_image())
             return 0
-        if args.local:
-            if args.platform or args.base_image or args.engine or args.build_arg:
-                parser.error("--local decides the base image, engine and build args itself")
+        local = args.local
+        if local is None:
+            local = not customised and _needs_local_base()
+        if local:
             built = build_local_image(args.tag)
         else:
             extra = dict(_split_build_arg(item) for item in args.build_arg)
@@ -469,6 +477,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(built.tag)
     return 0
+
+
+def dockerfile_base_image(dockerfile: Path = DOCKERFILE) -> str:
+    """The default of `ARG BASE_IMAGE` in the Dockerfile (the production base)."""
+    match = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile.read_text(), flags=re.MULTILINE)
+    if not match:
+        raise PushError(f"{dockerfile} has no `ARG BASE_IMAGE=<default>` line")
+    return match.group(1)
+
+
+def registry_reachable(image: str, timeout: float = 5.0) -> bool:
+    """Whether the registry serving `image` accepts a TCP connection on 443."""
+    host = image.split("/", 1)[0] if "/" in image else "registry-1.docker.io"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _needs_local_base() -> bool:
+    """No docker daemon and no route to the production base image: the CI situation."""
+    if detect_engine() == "docker":
+        return False
+    base = dockerfile_base_image()
+    if registry_reachable(base):
+        return False
+    _say(True, f"{base.split('/', 1)[0]} cannot be reached: building on the local Debian base "
+               "(--no-local to insist on the default)")
+    return True
 
 
 def _split_build_arg(item: str) -> tuple[str, str]:

@@ -12,8 +12,18 @@ from dataclasses import dataclass, field
 from infra.aws import AWS
 from infra.config import STACK_TAG
 from infra.resources import ALIAS, RESOURCE_TAG, Stack
-from infra.state import (AccessPointState, AlarmState, BucketState, FileSystemState, FunctionState, MountTargetState,
-                         RepositoryState, ScalingState, SecurityGroupState, SubnetState)
+from infra.state import (
+    AccessPointState,
+    AlarmState,
+    BucketState,
+    FileSystemState,
+    FunctionState,
+    MountTargetState,
+    RepositoryState,
+    ScalingState,
+    SecurityGroupState,
+    SubnetState,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ def take_inventory(stack: Stack, aws: AWS) -> Inventory:
         if state is not None and ours(dict(state.tags)):
             functions[function] = state
     roles = tuple(r for r in (stack.inference_function, stack.sync_function)
-                  if (state := aws.role(r)) is not None and ours(dict(state.tags)))
+                  if (role := aws.role(r)) is not None and ours(dict(role.tags)))
     log_groups = tuple(stack.log_group(f) for f in (stack.inference_function, stack.sync_function)
                        if (group := aws.log_group(stack.log_group(f))) is not None and ours(dict(group.tags)))
     return Inventory(

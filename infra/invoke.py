@@ -23,6 +23,9 @@ from botocore.credentials import Credentials
 from infra.exceptions import CredentialsError, InvokeError
 
 MAX_UPLOAD_BYTES = 6 * 1024 * 1024
+# Plain HTTP is allowed only to this machine (local stand-ins and tests); signed requests and
+# photos go to AWS over TLS.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def content_type_of(path: Path) -> str:
@@ -35,6 +38,9 @@ def signed_request(url: str, body: bytes, content_type: str, credentials: Creden
     """`POST <url>/predict?top_k=N` with SigV4 headers (Authorization, X-Amz-Date, token)."""
     if credentials is None:
         raise CredentialsError("no AWS credentials found to sign the request (AWS_IAM Function URL)")
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and parsed.hostname in LOOPBACK):
+        raise InvokeError(f"refusing to send a signed request to {url!r}: use the https:// Function URL")
     endpoint = urllib.parse.urljoin(url if url.endswith("/") else url + "/", "predict")
     request = AWSRequest(method="POST", url=f"{endpoint}?top_k={top_k}", data=body,
                          headers={"Content-Type": content_type})
@@ -48,7 +54,8 @@ def send(request: AWSRequest, timeout: float = 60.0) -> dict[str, Any]:
     outgoing = urllib.request.Request(prepared.url, data=prepared.body, method=prepared.method,
                                       headers=dict(prepared.headers.items()))
     try:
-        with urllib.request.urlopen(outgoing, timeout=timeout) as answer:  # nosec B310 - https/loopback URL
+        # The scheme was checked in signed_request: https, or http to loopback only.
+        with urllib.request.urlopen(outgoing, timeout=timeout) as answer:  # nosec B310
             payload = answer.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:300].decode("utf-8", "replace")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Unchanged:
     message: str
 
 
-Step = Union[Call, Unchanged]
+Step = Call | Unchanged
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,13 @@ class PlanBuilder:
         self.steps: list[Step] = []
         self.notes: list[str] = []
 
-    def call(self, resource: str, message: str, method: str, output: str | None = None, **params: Any) -> Ref | None:
+    def call(self, resource: str, message: str, method: str, **params: Any) -> None:
+        self.steps.append(Call(resource, message, method, dict(params)))
+
+    def produce(self, resource: str, message: str, method: str, output: str, **params: Any) -> Ref:
+        """A call whose result later steps use: returns the `Ref` that stands for it."""
         self.steps.append(Call(resource, message, method, dict(params), output))
-        return Ref(output) if output else None
+        return Ref(output)
 
     def unchanged(self, resource: str, message: str) -> None:
         self.steps.append(Unchanged(resource, message))
@@ -89,6 +93,18 @@ class PlanBuilder:
 
     def build(self) -> Plan:
         return Plan(tuple(self.steps), tuple(self.notes))
+
+
+def fill_in(message: str, variables: Mapping[str, Any]) -> str:
+    """A step message with the `<name>` / `<name.attribute>` placeholders of known results filled in."""
+    if "<" not in message:
+        return message
+    for name, result in variables.items():
+        for field_name in ("id", "arn"):
+            if hasattr(result, field_name):
+                message = message.replace(str(Ref(name, field_name)), str(getattr(result, field_name)))
+        message = message.replace(str(Ref(name)), str(result))
+    return message
 
 
 def has_refs(value: Any) -> bool:

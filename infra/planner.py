@@ -22,7 +22,7 @@ from infra.plan import Plan, PlanBuilder, Ref, has_refs
 from infra.planner_functions import FunctionsPlanning
 from infra.policies import bucket_policy, file_system_policy
 from infra.resources import RESOURCE_TAG, Stack, Value, lifecycle_policy
-from infra.state import FileSystemState, RemoteState, Rule
+from infra.state import FileSystemState, RemoteState, Rule, SecurityGroupState, SubnetState
 
 NFS = 2049
 HTTPS = 443
@@ -72,6 +72,8 @@ class DeployPlanner(FunctionsPlanning):
         self.plan_repository()
         network = self.plan_network()
         file_system = self.plan_file_system(network)
+        self.plan_roles(file_system)
+        self.plan_file_system_policy(file_system)
         self.plan_functions(network, file_system, bucket_notifications=bucket)
         return self.b.build() + self.cleanup.build()
 
@@ -136,24 +138,27 @@ class DeployPlanner(FunctionsPlanning):
             return NetworkIds(config.subnet_ids, config.security_group_ids, config.security_group_ids,
                               config.efs_security_group_ids)
         stack, label = self.stack, "network"
-        vpc_id: Value | None = self.remote.find_vpc(stack.name)
-        if vpc_id is None:
-            vpc_id = self.b.call(label, f"create VPC {config.cidr} (private subnets only, no NAT)", "create_vpc",
-                                 output="vpc", cidr=config.cidr, tags=stack.tags("vpc"))
-            subnets, groups, endpoint = {}, {}, None
+        found = self.remote.find_vpc(stack.name)
+        subnets: dict[str, SubnetState] = {}
+        groups: dict[str, SecurityGroupState] = {}
+        endpoint: str | None = None
+        vpc_id: Value
+        if found is None:
+            vpc_id = self.b.produce(label, f"create VPC {config.cidr} (private subnets only, no NAT)", "create_vpc",
+                                    output="vpc", cidr=config.cidr, tags=stack.tags("vpc"))
         else:
-            subnets = self.remote.find_subnets(vpc_id, stack.name)
-            groups = self.remote.find_security_groups(vpc_id, stack.name)
-            endpoint = self.remote.find_s3_endpoint(vpc_id, stack.name)
-            self.b.unchanged(label, f"VPC {vpc_id}")
-        assert vpc_id is not None
+            vpc_id = found
+            subnets = self.remote.find_subnets(found, stack.name)
+            groups = self.remote.find_security_groups(found, stack.name)
+            endpoint = self.remote.find_s3_endpoint(found, stack.name)
+            self.b.unchanged(label, f"VPC {found}")
         subnet_ids = self._plan_subnets(vpc_id, subnets)
-        group_ids = {}
+        group_ids: dict[str, Value] = {}
         for role in GROUP_ROLES:
             if role in groups:
                 group_ids[role] = groups[role].id
             else:
-                group_ids[role] = self.b.call(
+                group_ids[role] = self.b.produce(
                     label, f"create security group {stack.name}-{role.removeprefix('sg-')}", "create_security_group",
                     output=role, vpc_id=vpc_id, name=f"{stack.name}-{role.removeprefix('sg-')}",
                     description=f"breedserve {stack.name}: {role.removeprefix('sg-')}", tags=stack.tags(role))
@@ -165,7 +170,7 @@ class DeployPlanner(FunctionsPlanning):
             self.b.unchanged(label, f"S3 gateway endpoint {endpoint}")
         return NetworkIds(subnet_ids, (group_ids["sg-inference"],), (group_ids["sg-model-sync"],), (group_ids["sg-efs"],))
 
-    def _plan_subnets(self, vpc_id: Value, subnets: dict[str, Any]) -> tuple[Value, ...]:
+    def _plan_subnets(self, vpc_id: Value, subnets: dict[str, SubnetState]) -> tuple[Value, ...]:
         ids: list[Value] = []
         missing = [role for role in SUBNET_ROLES if role not in subnets]
         zones = list(self.stack.config.network.availability_zones)
@@ -180,7 +185,7 @@ class DeployPlanner(FunctionsPlanning):
                 self.b.unchanged("network", f"subnet {found.id} ({found.availability_zone}, {found.cidr})")
                 ids.append(found.id)
             else:
-                ids.append(self.b.call("network", f"create private subnet {cidrs[index]} in {zones[index]}",
+                ids.append(self.b.produce("network", f"create private subnet {cidrs[index]} in {zones[index]}",
                                        "create_subnet", output=role, vpc_id=vpc_id, cidr=cidrs[index],
                                        availability_zone=zones[index], tags=self.stack.tags(role)))
         return tuple(ids)
@@ -195,7 +200,7 @@ class DeployPlanner(FunctionsPlanning):
             "sg-efs": {Rule(False, "tcp", NFS, NFS, inference), Rule(False, "tcp", NFS, NFS, sync)},
         }
 
-    def _plan_rules(self, group_ids: dict[str, Value], groups: dict[str, Any]) -> None:
+    def _plan_rules(self, group_ids: dict[str, Value], groups: dict[str, SecurityGroupState]) -> None:
         for role, wanted in self._desired_rules(group_ids).items():
             group_id = group_ids[role]
             existing = groups[role].rules if role in groups else {}
@@ -220,9 +225,9 @@ class DeployPlanner(FunctionsPlanning):
             return self._reused_file_system()
         state = self.remote.file_system_by_token(stack.file_system_token)
         if state is None:
-            created = self.b.call(label, "create EFS file system (encrypted, elastic throughput)", "create_file_system",
-                                  output="file-system", token=stack.file_system_token, tags=stack.tags("file-system"))
-            assert created is not None
+            created = self.b.produce(label, "create EFS file system (encrypted, elastic throughput)",
+                                     "create_file_system", output="file-system", token=stack.file_system_token,
+                                     tags=stack.tags("file-system"))
             fs_id: Value = Ref(created.name, "id")
             fs_arn: Value = Ref(created.name, "arn")
         else:
@@ -230,13 +235,19 @@ class DeployPlanner(FunctionsPlanning):
             self._check_file_system(state)
         self._plan_mount_targets(fs_id, state, network)
         access_point_arn = self._plan_access_point(fs_id, state)
-        desired = file_system_policy(stack, fs_arn, access_point_arn)
-        if has_refs(desired) or state is None or self.remote.file_system_policy(state.id) != desired:
-            self.b.call(label, "set the file system policy (mount: both roles; write: model-sync only; TLS only)",
-                        "put_file_system_policy", file_system_id=fs_id, policy=desired)
-        else:
-            self.b.unchanged(label, f"{state.id} file system policy: inference read-only, model-sync read-write")
         return FileSystemIds(fs_id, fs_arn, access_point_arn)
+
+    def plan_file_system_policy(self, file_system: FileSystemIds) -> None:
+        """After the roles: IAM refuses a resource policy naming principals that do not exist yet."""
+        if not self.stack.config.efs.create:
+            return
+        fs_id = file_system.file_system_id
+        desired = file_system_policy(self.stack, file_system.file_system_arn, file_system.access_point_arn)
+        if has_refs(desired) or not isinstance(fs_id, str) or self.remote.file_system_policy(fs_id) != desired:
+            self.b.call("file system", "set the file system policy (mount: both roles; write: model-sync only; "
+                        "TLS only)", "put_file_system_policy", file_system_id=fs_id, policy=desired)
+        else:
+            self.b.unchanged("file system", f"{fs_id} file system policy: inference read-only, model-sync read-write")
 
     def _check_file_system(self, state: FileSystemState) -> None:
         if not state.encrypted:
@@ -273,12 +284,12 @@ class DeployPlanner(FunctionsPlanning):
             self.b.unchanged("file system", f"access point {matching[0].id} ({config.root_directory}, "
                                             f"uid/gid {config.uid}/{config.gid})")
             return matching[0].arn
-        created = self.b.call("file system", f"create access point {config.root_directory} (uid/gid {config.uid}/{config.gid})",
-                              "create_access_point", output="access-point", file_system_id=fs_id,
+        created = self.b.produce("file system", f"create access point {config.root_directory} "
+                                 f"(uid/gid {config.uid}/{config.gid})", "create_access_point",
+                                 output="access-point", file_system_id=fs_id,
                               path=config.root_directory, uid=config.uid, gid=config.gid,
-                              client_token=f"{stack.name}-{config.root_directory}-{config.uid}-{config.gid}"[:64],
-                              tags=stack.tags("access-point"))
-        assert created is not None
+                                 client_token=f"{stack.name}-{config.root_directory}-{config.uid}-{config.gid}"[:64],
+                                 tags=stack.tags("access-point"))
         return Ref(created.name, "arn")
 
     def _reused_file_system(self) -> FileSystemIds:

@@ -16,8 +16,20 @@ from infra.aws_storage import model_notification
 from infra.exceptions import DeployError
 from infra.plan import PlanBuilder, has_refs
 from infra.policies import inference_role_policy, lambda_trust_policy, sync_role_policy
-from infra.resources import (ALIAS, INLINE_POLICY, MANIFEST_SUFFIX, ROLE_PATH, FunctionSpec, Stack, Value,
-                             alarm_specs, cors_parameters, fingerprint_of, inference_spec, sync_spec)
+from infra.resources import (
+    ALIAS,
+    INLINE_POLICY,
+    MANIFEST_SUFFIX,
+    ROLE_PATH,
+    FunctionSpec,
+    Stack,
+    Value,
+    alarm_specs,
+    cors_parameters,
+    fingerprint_of,
+    inference_spec,
+    sync_spec,
+)
 from infra.state import AliasState, FunctionState, RemoteState
 
 if TYPE_CHECKING:
@@ -25,7 +37,7 @@ if TYPE_CHECKING:
 
 S3_PERMISSION = "s3-model-manifests"
 # Since October 2025 a public (NONE) Function URL needs both statements.
-PUBLIC_URL_PERMISSIONS = {
+PUBLIC_URL_PERMISSIONS: dict[str, dict[str, Any]] = {
     "FunctionURLAllowPublicAccess": {"action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "NONE"},
     "FunctionURLAllowInvokeAction": {"action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True},
 }
@@ -37,12 +49,16 @@ class FunctionsPlanning:
     allow_public: bool
     b: PlanBuilder
 
-    def plan_functions(self, network: NetworkIds, file_system: FileSystemIds,
-                       bucket_notifications: tuple[dict[str, Any], ...]) -> None:
+    def plan_roles(self, file_system: FileSystemIds) -> None:
         stack = self.stack
         fs_arn, ap_arn = file_system.file_system_arn, file_system.access_point_arn
         self.plan_role(stack.inference_function, inference_role_policy(stack, fs_arn, ap_arn), "inference")
         self.plan_role(stack.sync_function, sync_role_policy(stack, fs_arn, ap_arn), "model-sync")
+
+    def plan_functions(self, network: NetworkIds, file_system: FileSystemIds,
+                       bucket_notifications: tuple[dict[str, Any], ...]) -> None:
+        stack = self.stack
+        ap_arn = file_system.access_point_arn
         for function in (stack.inference_function, stack.sync_function):
             self.plan_log_group(function)
         sync = sync_spec(stack, network.subnet_ids, network.sync_groups, ap_arn)
@@ -146,9 +162,8 @@ class FunctionsPlanning:
         label = "inference function"
         if state is None or alias is None:
             self.plan_function_update(spec, state, label)
-            version = self.b.call(label, f"publish a version of {spec.name}", "publish_version", output="version",
-                                  spec=spec)
-            assert version is not None
+            version = self.b.produce(label, f"publish a version of {spec.name}", "publish_version",
+                                     output="version", spec=spec)
             self.b.call(label, f"create alias {ALIAS} -> the new version", "create_alias", function=spec.name,
                         name=ALIAS, version=version, description="")
             return version
@@ -179,10 +194,8 @@ class FunctionsPlanning:
             self.b.unchanged(label, f"version {version} already has spec {fingerprint}")
         else:
             self.plan_function_update(spec, state, label)
-            published = self.b.call(label, f"publish a version of {spec.name}", "publish_version", output="version",
-                                    spec=spec)
-            assert published is not None
-            version = published
+            version = self.b.produce(label, f"publish a version of {spec.name}", "publish_version",
+                                     output="version", spec=spec)
         if weights is None:
             self.b.call(label, f"route {ALIAS}: version {alias.version} -> {version}", "route_alias", function=spec.name,
                         name=ALIAS, version=version, weights={}, description=f"previous version {alias.version}")
@@ -216,8 +229,8 @@ class FunctionsPlanning:
         cors = cors_parameters(stack)
         state = self.remote.function_url(function, ALIAS) if exists else None
         if state is None:
-            self.b.call(label, f"create the Function URL on {function}:{ALIAS} (auth {config.auth})",
-                        "create_function_url", output="url", function=function, qualifier=ALIAS, auth=config.auth,
+            self.b.produce(label, f"create the Function URL on {function}:{ALIAS} (auth {config.auth})",
+                           "create_function_url", output="url", function=function, qualifier=ALIAS, auth=config.auth,
                         cors=cors, invoke_mode=config.invoke_mode)
         elif (state.auth, _cors_key(state.cors), state.invoke_mode) != (config.auth, _cors_key(cors), config.invoke_mode):
             self.b.call(label, f"update the Function URL (auth {state.auth} -> {config.auth}, CORS, {config.invoke_mode})",

@@ -19,7 +19,7 @@ from typing import TextIO
 from infra.exceptions import CanaryRolledBackError, ReleaseError
 from infra.plan import Plan, has_refs
 from infra.planner import DeployPlanner, FileSystemIds, NetworkIds
-from infra.resources import ALIAS, Stack, fingerprint_of, inference_spec
+from infra.resources import ALIAS, Stack, Value, fingerprint_of, inference_spec
 from infra.state import AliasState, FunctionState, RemoteState
 
 _PREVIOUS_RE = re.compile(r"previous version (\d+)")
@@ -65,7 +65,7 @@ def plan_canary(stack: Stack, remote: RemoteState, weight: float, *, image_uri: 
             planner.b.call("inference function", f"canary version {version}: {current:.0%} -> {weight:.0%}",
                            "route_alias", function=spec.name, name=ALIAS, version=alias.version,
                            weights={version: weight}, description=alias.description)
-        canary = version
+        canary: Value = version
     else:
         if fingerprints.get(alias.version) == fingerprint:
             raise ReleaseError(f"version {alias.version} already serves this image and model to all traffic: "
@@ -113,7 +113,7 @@ def plan_rollback(stack: Stack, remote: RemoteState) -> Plan:
 
 
 def watch_canary(stack: Stack, remote: RemoteState, minutes: float, *, poll_seconds: float,
-                 rollback: Callable[[Plan], None], out: TextIO,
+                 rollback: Callable[[Plan], object], out: TextIO,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
     """Poll the canary alarm for `minutes`; on ALARM run the rollback plan and raise."""
     alarm = stack.alarm("canary-error-rate")

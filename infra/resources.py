@@ -251,10 +251,11 @@ def alarm_definition(raw: Mapping[str, Any]) -> dict[str, Any]:
         if value in (None, [], ""):
             continue
         if key == "Threshold":
-            value = float(value)
-        if key == "Dimensions":
-            value = sorted(({"Name": d["Name"], "Value": d["Value"]} for d in value), key=lambda d: d["Name"])
-        out[key] = value
+            out[key] = float(value)
+        elif key == "Dimensions":
+            out[key] = sorted(({"Name": d["Name"], "Value": d["Value"]} for d in value), key=lambda d: d["Name"])
+        else:
+            out[key] = value
     return out
 
 

@@ -103,14 +103,6 @@ def all_reduce_sums(values: Sequence[float], ctx: Context) -> list[float]:
     return [float(v) for v in tensor.cpu()]
 
 
-def barrier(ctx: Context) -> None:
-    if ctx.distributed:
-        if ctx.device.type == "cuda":
-            dist.barrier(device_ids=[ctx.device.index])
-        else:
-            dist.barrier()
-
-
 def per_process_batch(global_batch: int, world_size: int) -> int:
     """Split `--batch-size` (the global batch) evenly: the effective batch and hence the learning
     rate's meaning stay the same whether one process or eight run."""

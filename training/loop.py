@@ -129,6 +129,10 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    log(f"{config.arch.label} ({origin}), {len(tree.class_names)} classes, "
+        f"{tree.size('train')} train / {tree.size('valid')} valid / {tree.size('test')} test images, "
+        f"{ctx.world_size} process(es) on {ctx.device.type}, batch {config.batch_size}, lr {config.lr:g}"
+        f"{', mixed precision' if amp else ''}{', frozen backbone' if config.freeze_backbone else ''}")
     progress = _Progress()
     if config.resume:
         progress = _restore(config, tree, model, optimizer, scaler, ctx)
@@ -142,10 +146,6 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
         wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     loaders = make_loaders(tree, config.preprocess, batch_size=batch, workers=config.workers, rank=ctx.rank,
                            world_size=ctx.world_size, seed=config.seed, pin_memory=ctx.device.type == "cuda")
-    log(f"{config.arch.label} ({origin}), {len(tree.class_names)} classes, "
-        f"{tree.size('train')} train / {tree.size('valid')} valid / {tree.size('test')} test images, "
-        f"{ctx.world_size} process(es) on {ctx.device.type}, batch {config.batch_size}, lr {config.lr:g}"
-        f"{', mixed precision' if amp else ''}{', frozen backbone' if config.freeze_backbone else ''}")
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     stopped_early = _out_of_patience(config, progress) and progress.epoch < config.epochs
     for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -168,8 +168,8 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
         if ctx.is_main:
             if improved:
                 save_weights(best_state, best_weights_path(config.checkpoints))
-            save_checkpoint(checkpoint_path(config.checkpoints), _checkpoint_state(config, tree, model, optimizer,
-                                                                           scaler, progress))
+            state = _checkpoint_state(config, tree, model, optimizer, scaler, progress)
+            save_checkpoint(checkpoint_path(config.checkpoints), state)
         log(f"epoch {epoch}/{config.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
             f"val_acc {val_acc:.3f}  {stats.seconds:.1f}s{'  *best' if improved else ''}")
         stopped_early = _out_of_patience(config, progress) and epoch < config.epochs
@@ -179,8 +179,20 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
         raise TrainingError("validation loss was never finite (training diverged): try a lower --lr")
     model.load_state_dict(best_state)
     test_loss, test_acc = evaluate(model, loaders.test, ctx, amp) if loaders.test is not None else (None, None)
+    metrics = _metrics(config, tree, ctx, amp, progress, stopped_early, test_loss, test_acc)
+    test_text = f"test_acc {test_acc:.3f}" if test_acc is not None else "no test/ split"
+    log(f"best epoch {progress.best_epoch}: val_loss {progress.best_val_loss:.4f}  "
+        f"val_acc {metrics['val_accuracy']:.3f}  {test_text}")
+    if ctx.is_main:
+        write_outputs(config.out, best_state, metrics, tree.class_names)
+    return RunResult(metrics=metrics, state_dict=best_state)
+
+
+def _metrics(config: TrainConfig, tree: ImageTree, ctx: Context, amp: bool, progress: _Progress,
+             stopped_early: bool, test_loss: float | None, test_acc: float | None) -> dict[str, Any]:
+    """The run's summary (metrics.json): same keys whatever the number of processes."""
     best = next(s for s in progress.history if s.epoch == progress.best_epoch)
-    metrics = {
+    return {
         "arch": config.arch.label,
         "head": asdict(config.arch.head),
         "num_classes": len(tree.class_names),
@@ -200,12 +212,6 @@ def fit(config: TrainConfig, tree: ImageTree, ctx: Context, log: Log) -> RunResu
         "train_seconds": round(sum(s.seconds for s in progress.history), 3),
         "history": [asdict(s) for s in progress.history],
     }
-    test_text = f"test_acc {test_acc:.3f}" if test_acc is not None else "no test/ split"
-    log(f"best epoch {progress.best_epoch}: val_loss {progress.best_val_loss:.4f}  "
-        f"val_acc {best.val_accuracy:.3f}  {test_text}")
-    if ctx.is_main:
-        write_outputs(config.out, best_state, metrics, tree.class_names)
-    return RunResult(metrics=metrics, state_dict=best_state)
 
 
 def _train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,

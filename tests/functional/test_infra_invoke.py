@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -34,9 +34,9 @@ ANSWER = {"predictions": [{"index": 3, "label": "Beagle", "probability": 0.875},
 class FunctionUrl(BaseHTTPRequestHandler):
     """Answers like an AWS_IAM Function URL: 403 unless the SigV4 signature verifies."""
 
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         match = AUTHORIZATION.match(self.headers.get("Authorization", ""))
         record = {"path": self.path, "headers": dict(self.headers), "body": body, "match": match}
@@ -124,6 +124,12 @@ def test_the_cli_prints_the_predictions(function_url: str, photo: Path, capsys: 
     # THEN it printed one line per prediction
     assert code == 0, capsys.readouterr().err
     assert out.getvalue().splitlines()[:2] == ["87.50%  Beagle", " 6.25%  Basset hound"]
+
+
+@pytest.mark.parametrize("url", ["http://abc.lambda-url.us-east-1.on.aws/", "file:///etc/passwd", "ftp://x/"])
+def test_signed_requests_go_only_over_https_or_to_loopback(url: str, photo: Path) -> None:
+    with pytest.raises(InvokeError, match="refusing"):
+        invoke_image(url, photo, CREDENTIALS, "us-east-1")
 
 
 def test_an_unreachable_url_is_one_clear_error(photo: Path) -> None:

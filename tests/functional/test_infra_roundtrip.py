@@ -57,7 +57,8 @@ def tagged_resources() -> dict[str, list[str]]:
     }
 
 
-def test_deploy_release_and_destroy_round_trip(aws_endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_release_and_destroy_round_trip(aws_endpoint: str, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN an empty (moto) account: plan shows everything and creates nothing
     code, planned = cli("plan")
     assert code == 0 and "+ create S3 bucket breedserve-models-123456789012-us-east-1" in planned
@@ -68,6 +69,24 @@ def test_deploy_release_and_destroy_round_trip(aws_endpoint: str, capsys: pytest
         code, _ = cli(*command)
         err = capsys.readouterr().err
         assert code == 1 and err.count("\n") == 1 and "run `deploy` first" in err
+
+    # WHEN `push --config` runs first (the engine part is replaced: no registry answers for moto's ECR)
+    pushed: list[Any] = []
+
+    def fake_push(request: Any, *, login: Any, out: Any) -> str:
+        pushed.append((request, login()))
+        return f"{request.repository}@sha256:{'0' * 64}"
+
+    monkeypatch.setattr("infra.cli.push_image", fake_push)
+    code, uri = cli("push")
+    # THEN it created the stack's ECR repository and pushed there for the config's architecture,
+    # logging in with an ECR authorization token
+    (request, (user, password, registry)), = pushed
+    assert code == 0 and uri.strip().startswith("123456789012.dkr.ecr.us-east-1.amazonaws.com/breedserve@sha256:")
+    assert (request.repository, request.platform) == ("123456789012.dkr.ecr.us-east-1.amazonaws.com/breedserve",
+                                                      "linux/amd64")
+    assert user == "AWS" and password and registry.startswith("https://123456789012.dkr.ecr")
+    assert tagged_resources()["repositories"] == ["breedserve"]
 
     # WHEN deployed from the example config
     code, deployed = cli("deploy")

@@ -230,18 +230,22 @@ class VersionsWatcher(threading.Thread):
 
 
 class LockHolder:
-    """Holds a version's lock from a separate (not forked) process, so forked syncs cannot inherit it."""
+    """Holds a version's lock from a separate process; killing it is what releases the lock.
+
+    (Forked syncs inherit every descriptor of this test process, so neither a lock nor a pipe
+    held here could be released reliably while they run.)
+    """
 
     def __init__(self, path: Path) -> None:
-        code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-                "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()")
-        self.process = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+        code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)")
+        self.process = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None and self.process.stdout.readline() == "locked\n"
+        self.process.stdout.close()
 
     def release(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
+        self.process.kill()
         self.process.wait(timeout=30)
 
 
@@ -264,6 +268,7 @@ def test_four_processes_syncing_one_version_download_it_once(store_uri: str, tmp
         gate.release()
         codes = [s.finish() for s in syncs]
     finally:
+        gate.release()
         watcher.stop.set()
         watcher.join()
     # THEN all succeed, exactly one downloaded, all got the same directory, nobody saw a partial version

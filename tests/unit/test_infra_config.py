@@ -9,8 +9,20 @@ from typing import Any
 
 import pytest
 
-from infra.config import (AlarmsConfig, CorsConfig, EfsConfig, FunctionConfig, ImageConfig, ModelConfig, NetworkConfig,
-                          ProvisionedConfig, SyncConfig, UrlConfig, load_config, parse_config)
+from infra.config import (
+    AlarmsConfig,
+    CorsConfig,
+    EfsConfig,
+    FunctionConfig,
+    ImageConfig,
+    ModelConfig,
+    NetworkConfig,
+    ProvisionedConfig,
+    SyncConfig,
+    UrlConfig,
+    load_config,
+    parse_config,
+)
 from infra.exceptions import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "infra" / "config.example.toml"
@@ -61,8 +73,8 @@ def test_defaults_apply_to_a_minimal_config() -> None:
     (minimal(image={"uri": "docker.io/library/python:3.12"}), "image.uri = 'docker.io/library/python:3.12' is invalid"),
     (minimal(function={"memory_mb": 64}), "function.memory_mb must be an integer from 128 to 10240, not 64"),
     (minimal(function={"memory_mb": "3008"}), "function.memory_mb must be an integer"),
-    (minimal(function={"reserverd_concurrency": 5}), "function.reserverd_concurrency is not a known key (did you "
-                                                     "mean 'reserved_concurrency'?)"),
+    (minimal(function={"reserverd_concurrency": 5}),
+     "function.reserverd_concurrency is not a known key (did you mean 'reserved_concurrency'?)"),
     (minimal(function={"environment": {"MODEL_VERSION": "x"}}), "must not set ['MODEL_VERSION']"),
     (minimal(url={"auth": "PUBLIC"}), "url.auth must be one of AWS_IAM, NONE, not 'PUBLIC'"),
     (minimal(url={"cors": {"allow_methods": ["FETCH"]}}), "url.cors.allow_methods has an invalid entry 'FETCH'"),

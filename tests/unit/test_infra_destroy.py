@@ -7,8 +7,17 @@ from test_infra_fakes import make_stack
 from infra.destroy import plan_destroy
 from infra.inventory import Inventory
 from infra.resources import Stack
-from infra.state import (AccessPointState, BucketState, FileSystemState, FunctionState, MountTargetState,
-                         RepositoryState, Rule, SecurityGroupState, SubnetState)
+from infra.state import (
+    AccessPointState,
+    BucketState,
+    FileSystemState,
+    FunctionState,
+    MountTargetState,
+    RepositoryState,
+    Rule,
+    SecurityGroupState,
+    SubnetState,
+)
 
 
 def full_inventory(stack: Stack) -> Inventory:

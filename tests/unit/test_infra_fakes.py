@@ -18,9 +18,26 @@ from infra.aws import AWS
 from infra.aws_storage import PUBLIC_ACCESS_BLOCK, model_notification
 from infra.config import STACK_TAG, parse_config
 from infra.resources import RESOURCE_TAG, AlarmSpec, FunctionSpec, Stack
-from infra.state import (AccessPointState, AlarmState, AliasState, BucketState, FileSystemIds, FileSystemState,
-                         FunctionState, LogGroupState, MountTargetState, RemoteState, RepositoryState, RoleState,
-                         Rule, ScalingState, SecurityGroupState, SubnetState, UrlState, VersionState)
+from infra.state import (
+    AccessPointState,
+    AlarmState,
+    AliasState,
+    BucketState,
+    FileSystemIds,
+    FileSystemState,
+    FunctionState,
+    LogGroupState,
+    MountTargetState,
+    RemoteState,
+    RepositoryState,
+    RoleState,
+    Rule,
+    ScalingState,
+    SecurityGroupState,
+    SubnetState,
+    UrlState,
+    VersionState,
+)
 
 ACCOUNT = "123456789012"
 S3_PREFIX_LIST = "pl-63a5400a"

@@ -39,7 +39,8 @@ def test_an_empty_account_gets_every_resource_in_dependency_order() -> None:
                           ("create_file_system", "create_access_point"), ("create_role", "create_function"),
                           ("create_log_group", "create_function"), ("create_mount_target", "create_function"),
                           ("publish_version", "create_alias"), ("create_alias", "create_function_url"),
-                          ("add_permission", "set_model_notification"), ("create_alias", "put_alarm")]:
+                          ("add_permission", "set_model_notification"), ("create_alias", "put_alarm"),
+                          ("create_role", "put_file_system_policy")]:  # IAM refuses unknown principals
         assert order.index(before) < order.index(after), (before, after)
     assert order.count("create_function") == 2 and order.count("put_alarm") == 4
     assert remote.calls == []
@@ -261,6 +262,20 @@ def test_the_dry_run_prints_the_plan_grouped_by_resource() -> None:
     text = out.getvalue()
     assert "  model bucket\n    + create S3 bucket demo-models-" + ACCOUNT in text
     assert text.rstrip().endswith(f"{len(plan.calls)} changes, {len(plan.steps) - len(plan.calls)} unchanged.")
+
+
+def test_progress_lines_name_the_ids_created_by_earlier_steps() -> None:
+    # GIVEN a first deploy, whose plan can only say <subnet-a> or <sg-efs> for ids not made yet
+    remote, out = FakeAWS(), io.StringIO()
+    plan = plan_deploy(make_stack(), remote)
+    assert any("<subnet-a>" in c.message for c in plan.calls)
+    # WHEN executed
+    Executor(remote, out).execute(plan)
+    # THEN the progress lines show the real ids instead
+    lines = [line for line in out.getvalue().splitlines() if line.lstrip().startswith("[")]
+    assert not [line for line in lines if "<" in line]
+    targets = [line.split("create mount target in ")[1].split()[0] for line in lines if "create mount target in" in line]
+    assert sorted(targets) == sorted(remote.subnets)
 
 
 def test_the_executor_refuses_unknown_methods_before_running_anything() -> None:

@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 from test_infra_fakes import make_stack
 
-from infra.policies import (EFS_WRITE_ACTIONS, POLICY_NAMES, file_system_policy, inference_role_policy, lint_policy,
-                            lint_stack, stack_policies, sync_role_policy)
+from infra.policies import (
+    EFS_WRITE_ACTIONS,
+    POLICY_NAMES,
+    file_system_policy,
+    inference_role_policy,
+    lint_policy,
+    lint_stack,
+    stack_policies,
+    sync_role_policy,
+)
 
 FS = "arn:aws:elasticfilesystem:us-east-1:123456789012:file-system/fs-0abc"
 AP = "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0abc"

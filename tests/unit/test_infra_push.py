@@ -1,5 +1,5 @@
 """`push` as a sequence of engine commands, recorded instead of run (the real push to a registry
-on 127.0.0.1 is in tests/functional/test_infra_push.py)."""
+on 127.0.0.1 is in tests/functional/test_infra_push_registry.py)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def test_an_ecr_push_logs_in_with_the_token_on_stdin_and_returns_the_digest_uri(
     tag, login, push = engine.commands[1], engine.commands[2], engine.commands[3]
     assert tag == ["podman", "tag", "breedserve:latest", f"{ECR}:img-0123456789ab"]
     assert login == ["podman", "login", "--username", "AWS", "--password-stdin", ECR.split("/")[0]]
-    assert "s3cret-token" not in " ".join(sum(engine.commands, [])) and engine.stdin[2] == "s3cret-token"
+    assert not any("s3cret-token" in part for command in engine.commands for part in command)
+    assert engine.stdin[2] == "s3cret-token"
     assert push[:2] == ["podman", "push"] and push[-1] == f"{ECR}:img-0123456789ab"
 
 

@@ -38,7 +38,8 @@ def test_canary_publishes_the_new_model_version_and_routes_a_share_to_it() -> No
     run(remote, plan_canary(stack, remote, 0.1, model_version="demo-2"))
     # THEN version 2 pins MODEL_VERSION=demo-2 and gets 10% of live; version 1 keeps the rest
     assert live(remote, stack) == AliasState(ALIAS, "1", {"2": 0.1}, "")
-    assert remote.function(stack.inference_function, "2").environment["MODEL_VERSION"] == "demo-2"
+    version_2 = remote.function(stack.inference_function, "2")
+    assert version_2 is not None and version_2.environment["MODEL_VERSION"] == "demo-2"
     # AND the canary alarm watches version 2
     dims = remote.alarm_states["demo-canary-error-rate"].definition["Metrics"][0]["MetricStat"]["Metric"]["Dimensions"]
     assert {"Name": "ExecutedVersion", "Value": "2"} in dims

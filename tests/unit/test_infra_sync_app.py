@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import handler.sync_app as sync_app
+from handler import sync_app
 from model_store.exceptions import ManifestError
 
 STORE = "s3://models-bucket/models"
