@@ -454,27 +454,28 @@ class S3Store:
         source = Path(path)
         if not source.is_file():
             raise StoreError(f"cannot upload {source}: no such file")
-        with self._errors(key), _progress(progress, key, lambda: source.stat().st_size) as callback:
+        size = source.stat().st_size
+        with self._errors(self.describe(key)), _progress(progress, key, lambda: size) as callback:
             self._client.upload_file(str(source), self.bucket, self._key(key), Callback=callback)
 
     def get_file(self, key: str, path: Path, progress: Progress = None) -> None:
-        with self._errors(key), _progress(progress, key, lambda: self.size(key)) as callback:
+        with self._errors(self.describe(key)), _progress(progress, key, lambda: self.size(key)) as callback:
             # boto3 downloads into a temporary name beside `path` and renames it when complete.
             self._client.download_file(self.bucket, self._key(key), str(path), Callback=callback)
 
     def read_bytes(self, key: str) -> bytes:
-        with self._errors(key):
+        with self._errors(self.describe(key)):
             response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             return bytes(response["Body"].read())
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        with self._errors(key):
+        with self._errors(self.describe(key)):
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        with self._errors(key):
+        with self._errors(self.describe(key)):
             try:
                 self._client.head_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as exc:
@@ -484,13 +485,13 @@ class S3Store:
         return True
 
     def size(self, key: str) -> int:
-        with self._errors(key):
+        with self._errors(self.describe(key)):
             return int(self._client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
     def list_keys(self, prefix: str = "") -> list[str]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         keys = []
-        with self._errors(prefix or "(listing)"):
+        with self._errors(f"{self.uri.rstrip('/')}/{prefix}"):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
             for page in pages:
                 for item in page.get("Contents", []):
@@ -499,16 +500,15 @@ class S3Store:
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        with self._errors(key):
+        with self._errors(self.describe(key)):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     @contextmanager
-    def _errors(self, key: str) -> Iterator[None]:
+    def _errors(self, where: str) -> Iterator[None]:
         """Turn boto3/botocore failures into one StoreError line naming the object and the attempts."""
         from boto3.exceptions import RetriesExceededError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        where = self.describe(key) if key != "(listing)" else self.uri
         try:
             yield
         except (S3UploadFailedError, RetriesExceededError) as exc:

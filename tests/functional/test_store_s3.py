@@ -89,7 +89,8 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
+                                                      timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["content-length"] = str(len(body))
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -118,7 +119,8 @@ def bucket(aws_endpoint: str) -> str:
 
 
 @pytest.fixture
-def faulty(aws_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultProxy]]:
+def faulty(aws_endpoint: str, bucket: str,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultProxy]]:
     """Make a FaultProxy in front of moto and point boto3 at it."""
     proxies: list[FaultProxy] = []
 
@@ -240,7 +242,7 @@ def test_503_on_head_names_the_status_when_retries_run_out(faulty: Callable[...,
         open_store("s3://models").exists("dogs/v1/manifest.json")
 
 
-def test_store_client_is_bound_to_the_endpoint_from_the_environment(faulty: Callable[..., FaultProxy]) -> None:
+def test_store_client_uses_the_endpoint_from_the_environment(faulty: Callable[..., FaultProxy]) -> None:
     # GIVEN AWS_ENDPOINT_URL pointing at the proxy / WHEN a store is opened / THEN boto3 uses it
     proxy = faulty(status=500, code="InternalError", message="x", failures=0)
     store = open_store("s3://models")

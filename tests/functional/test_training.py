@@ -15,10 +15,12 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from handler.classifier import Classifier
@@ -64,7 +66,9 @@ def small_dataset(workdir: Path) -> Path:
 
 def run_cli(args: list[str], *, torchrun_procs: int = 0) -> tuple[subprocess.CompletedProcess[str], float]:
     """`python -m training ARGS` in a fresh interpreter (or under torchrun on 127.0.0.1); returns (result, s)."""
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO))
+    # one thread per process, as torchrun sets for its workers: on a shared 2-core machine a second
+    # intra-op thread makes a lone process several times slower, which would hide the DDP comparison
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launcher = [sys.executable]
     if torchrun_procs:
         launcher += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(torchrun_procs),
@@ -73,6 +77,15 @@ def run_cli(args: list[str], *, torchrun_procs: int = 0) -> tuple[subprocess.Com
     result = subprocess.run([*launcher, "-m", "training", *args], check=False, capture_output=True, text=True, env=env,
                             cwd=REPO, timeout=480)
     return result, time.monotonic() - started
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """In-process runs use one intra-op thread too (see `run_cli`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +148,8 @@ def test_torchrun_with_two_processes_gives_the_same_result_structure(
     assert [int(m[1]) for m in EPOCH_LINE.finditer(result.stdout)] == [1, 2, 3, 4]
     assert two["val_loss"] < two["history"][0]["val_loss"]
     speedup = one["train_seconds"] / two["train_seconds"]
-    print(f"\n2 processes: train {two['train_seconds']:.1f}s vs {one['train_seconds']:.1f}s for one "
+    print(f"\n2 processes: train {two['train_seconds']:.1f}s vs {one['train_seconds']:.1f}s for one, "
+          "one thread each "
           f"(speedup {speedup:.2f}x); wall {seconds:.1f}s vs {single_run['seconds']:.1f}s")
 
 
@@ -162,7 +176,8 @@ def test_published_model_served_by_the_handler_classifies_held_out_images(
 
 
 def test_resume_continues_at_the_next_epoch_as_if_never_stopped(
-        workdir: Path, small_dataset: Path, spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        workdir: Path, small_dataset: Path, spec_file: Path, capsys: pytest.CaptureFixture[str],
+        one_thread: None) -> None:
     # GIVEN a run stopped after epoch 1 and an uninterrupted 2-epoch run with the same seed
     base = ["--data", str(small_dataset), "--preprocess", str(spec_file), *COMMON]
     assert main([*base, "--out", str(workdir / "straight"), "--epochs", "2"]) == 0
@@ -183,7 +198,8 @@ def test_resume_continues_at_the_next_epoch_as_if_never_stopped(
 
 
 def test_search_runs_trials_and_publishes_the_best(
-        workdir: Path, small_dataset: Path, spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        workdir: Path, small_dataset: Path, spec_file: Path, capsys: pytest.CaptureFixture[str],
+        one_thread: None) -> None:
     # GIVEN a two-trial random search of one epoch each
     out, store = workdir / "search", f"file://{workdir / 'search-store'}"
     # WHEN it runs with --publish
