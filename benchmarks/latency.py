@@ -8,7 +8,8 @@ The run, in order (one progress line per group on stderr):
 4. the roofline: fp32 matmul peak per thread count and the model's FLOPs;
 5. warm requests straight to the `Classifier`, per Lambda size (thread count), variant and photo,
    and a batch;
-6. the same through the emulator's Function URL, each runtime start doubling as a cold start;
+6. the same through the emulator's Function URL, each runtime start doubling as a cold start, and
+   the function as deployed (no MODEL_VARIANT, the handler picks) for the headline cold start;
 7. the recommended memory size and issue 8's targets table (printed at the end).
 
 It writes latency.json (`benchmarks.cost_latency` schema, read by `python -m benchmarks cost`)
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ REPORT_JSON = "latency.json"
 REPORT_MD = "latency.md"
 DEFAULT_OUT = Path("benchmarks/reports")
 LARGEST_IMAGE = "4mp"
+DEFAULT_CHOICE = "default"  # an emulator start without MODEL_VARIANT, as deployed
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise LatencyBenchmarkError(f"cannot create {out}: {exc.strerror or exc}") from exc
     with tempfile.TemporaryDirectory(prefix="breedserve-latency-") as scratch:
         try:
-            report = measure(args, settings, Path(scratch), progress)
+            report = LatencyRun(args, settings, Path(scratch), progress).measure()
         except ModelStoreError as exc:
             raise LatencyBenchmarkError(f"the model cannot be loaded: {exc}") from exc
     try:
@@ -155,93 +157,197 @@ class Progress:
         return time.perf_counter() - self.start
 
 
-@dataclass
-class Measurements:
-    """Everything measured so far, gathered for the report."""
+class LatencyRun:
+    """One run: the model, photos and size plan it measures, and everything measured so far."""
 
-    results: list[LatencyResult] = field(default_factory=list)
-    child_colds: list[ChildColdStart] = field(default_factory=list)
-    emulator_colds: list[dict[str, Any]] = field(default_factory=list)
-    emulator_rss_mb: float = 0.0
-    batch: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, args: argparse.Namespace, settings: RunSettings, scratch: Path, progress: Progress) -> None:
+        self.settings, self.scratch, self.progress = settings, scratch, progress
+        self.machine = machine_info()
+        self.model = _model(args, scratch, progress)
+        self.variants = _variants(self.model, args.variant)
+        self.photos = photo_set()
+        self.photo_paths = _write_photos(self.photos, scratch)
+        progress("photos " + ", ".join(f"{p.label} {p.width}x{p.height} ({p.kilobytes:,.0f} KB)"
+                                       for p in self.photos))
+        self.cores = usable_cores()
+        self.plan = size_plan(self.cores)
+        self.steps = measured_steps(self.plan)
+        self.top = self.steps[-1]
+        # Issue 8's targets are for 2 threads (3,008 MB); a 1-core machine judges them at what it has.
+        self.target_step = next((s for s in self.steps if s.memory_mb == TARGET_MEMORY_MB), self.top)
+        self.headline_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in self.variants else self.variants[0]
+        self.first_photo = next(p for p in self.photos if p.label == DEFAULT_IMAGE)
+        self.results: list[LatencyResult] = []
+        self.child_colds: list[ChildColdStart] = []
+        self.emulator_colds: list[dict[str, Any]] = []
+        self.emulator_rss_mb = 0.0
+        self.batch: dict[str, Any] = {}
+        self.roofline: Roofline | None = None
+        self.skipped: dict[str, str] = {}  # variant -> why this machine cannot run it
 
-    def inference_p50(self, threads: int, image: str, path: str = "classifier") -> dict[str, float]:
-        return {r.variant: r.steps["inference"]["p50_ms"] for r in self.results
-                if r.threads == threads and r.image == image and r.path == path and "inference" in r.steps}
+    def measure(self) -> LatencyReport:
+        """Every group in the module docstring's order; returns the report without writing it."""
+        self.cold_starts_in_fresh_processes()
+        gflops = self.matmul_peaks()
+        for variant in self.variants:
+            self.classifier_runs(variant, gflops)
+        if self.roofline is None:
+            raise LatencyBenchmarkError("no variant of the model can run here: "
+                                        + "; ".join(f"{v}: {why}" for v, why in self.skipped.items()))
+        runnable = [v for v in self.variants if v not in self.skipped]
+        if self.settings.emulator_all_sizes:
+            for variant in runnable:
+                for step in self.steps:
+                    self.emulator_runs(variant, step)
+        # The function as deployed (no MODEL_VARIANT: the handler's choice) gives the headline cold start.
+        for i in range(self.settings.cold_repeats):
+            self.emulator_runs(None, self.top, warm=not self.settings.emulator_all_sizes and i == 0)
+        busy = busy_note(self.machine, self.cores)
+        if busy:
+            self.progress(busy)
+        return self.report()
 
-    def find(self, memory_mb: int, variant: str, image: str, path: str = "classifier") -> LatencyResult | None:
+    def cold_starts_in_fresh_processes(self) -> None:
+        repeats = self.settings.cold_repeats
+        for i in range(repeats):
+            cold = cold_start_child(self.model, None, self.top.threads,
+                                    self.photo_paths[self.first_photo.label], self.photo_paths.get(LARGEST_IMAGE))
+            self.child_colds.append(cold)
+            parts = ", ".join(f"{k} {v:,.0f}" for k, v in cold.parts_ms.items())
+            self.progress(f"cold start {i + 1}/{repeats} in a fresh process: {parts} ms; "
+                          f"peak RSS {cold.peak_rss_mb:,.0f} MB")
+
+    def matmul_peaks(self) -> dict[int, float]:
+        gflops = {}
+        for step in self.steps:
+            gflops[step.threads] = matmul_gflops(step.threads, repeats=self.settings.matmul_repeats)
+            self.progress(f"matmul peak at {step.threads} thread(s): {gflops[step.threads]:,.1f} GFLOP/s")
+        return gflops
+
+    def classifier_runs(self, variant: str, gflops: dict[int, float]) -> None:
+        """Warm requests to one variant's `Classifier` at every measured size (and the batch run)."""
+        model, settings = self.model, self.settings
+        try:
+            classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant)
+        except ModelStoreError as exc:
+            self.skipped[variant] = str(exc)
+            self.progress(f"skipping variant {variant}: {exc}")
+            return
+        if self.roofline is None:
+            self.roofline = Roofline(_count_flops(model, classifier), gflops)
+            self.progress(f"{model.manifest.arch.label}: {self.roofline.flops / 1e9:,.2f} GFLOP per image; "
+                          "roofline " + ", ".join(f"{self.roofline.time_ms(t):,.1f} ms at {t} thread(s)"
+                                                  for t in sorted(gflops)))
+        for step in self.steps:
+            with torch_threads(step.threads):
+                for photo in self.photos:
+                    series = warm_series(classifier_request(classifier), photo.jpeg, settings.samples,
+                                         settings.warmup)
+                    self._add(_result(step, variant, photo, "classifier", series))
+                if step == self.target_step and variant == self.headline_variant:
+                    self.batch = _batch(classifier, self.first_photo, settings,
+                                        self._find(step.memory_mb, variant, DEFAULT_IMAGE, "classifier"))
+                    if self.batch:
+                        self.progress(f"batch of {settings.batch_size}: {self.batch['per_image_ms']:,.1f} ms per "
+                                      f"image, {self.batch['speedup']:.2f}x single requests")
+        del classifier
+        gc.collect()  # one model in memory at a time, and none while the emulator runs its own
+
+    def emulator_runs(self, variant: str | None, step: SizeStep, *, warm: bool = True) -> None:
+        """A cold start, then (if `warm`) warm requests, through one emulated function of `step`'s size.
+
+        `variant` None deploys without MODEL_VARIANT; the results carry the variant that answered.
+        """
+        with EmulatedFunction(self.model, variant, step.memory_mb, step.threads, self.scratch) as function:
+            self._record_cold(function.cold_start(self.first_photo.jpeg), step, requested=variant)
+            for photo in self.photos if warm else ():
+                series = warm_series(function.predict, photo.jpeg, self.settings.samples, self.settings.warmup)
+                self._add(_result(step, function.variant, photo, "emulator", series))
+            self.emulator_rss_mb = max(self.emulator_rss_mb, function.peak_rss_mb())
+
+    def _add(self, result: LatencyResult) -> None:
+        self.results.append(result)
+        self.progress(_describe(result))
+
+    def _find(self, memory_mb: int, variant: str, image: str, path: str) -> LatencyResult | None:
         return next((r for r in self.results if (r.memory_mb, r.variant, r.image, r.path)
                      == (memory_mb, variant, image, path)), None)
 
+    def _record_cold(self, cold: ColdSample, step: SizeStep, *, requested: str | None) -> None:
+        self.emulator_colds.append({"memory_mb": step.memory_mb, "threads": step.threads,
+                                    "requested": requested or DEFAULT_CHOICE, **cold.to_dict()})
+        asked = requested or f"{DEFAULT_CHOICE}: {cold.variant}"
+        self.progress(f"emulator cold start ({step.memory_mb:,} MB, {asked}): init {cold.init_ms:,.0f} ms, "
+                      f"first response after {cold.first_response_ms:,.0f} ms")
 
-def measure(args: argparse.Namespace, settings: RunSettings, scratch: Path, progress: Progress) -> LatencyReport:
-    """The whole run (see the module docstring); returns the report without writing it."""
-    machine = machine_info()
-    model = _model(args, scratch, progress)
-    variants = _variants(model, args.variant)
-    photos = photo_set()
-    photo_paths = _write_photos(photos, scratch)
-    progress("photos " + ", ".join(f"{p.label} {p.width}x{p.height} ({p.kilobytes:,.0f} KB)" for p in photos))
-    cores = usable_cores()
-    plan = size_plan(cores)
-    steps = measured_steps(plan)
-    top = steps[-1]
-    # Issue 8's targets are for 2 threads (3,008 MB); a 1-core machine judges them at what it has.
-    target_step = next((s for s in steps if s.memory_mb == TARGET_MEMORY_MB), top)
-    headline_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in variants else variants[0]
-    photo_1mp = _photo(photos, DEFAULT_IMAGE)
-    m = Measurements()
+    def _classifier_results(self, step_name: str, *, threads: int | None = None, memory_mb: int | None = None,
+                        variant: str | None = None, image: str | None = None) -> list[LatencyResult]:
+        return [r for r in self.results if r.path == "classifier" and step_name in r.steps
+                and (threads is None or r.threads == threads) and (memory_mb is None or r.memory_mb == memory_mb)
+                and (variant is None or r.variant == variant) and (image is None or r.image == image)]
 
-    for i in range(settings.cold_repeats):
-        cold = cold_start_child(model, headline_variant, top.threads, photo_paths[photo_1mp.label],
-                                photo_paths.get(LARGEST_IMAGE))
-        m.child_colds.append(cold)
-        parts = ", ".join(f"{k} {v:,.0f}" for k, v in cold.parts_ms.items())
-        progress(f"cold start {i + 1}/{settings.cold_repeats} in a fresh process: {parts} ms; "
-                 f"peak RSS {cold.peak_rss_mb:,.0f} MB")
-
-    gflops = {}
-    for step in steps:
-        gflops[step.threads] = matmul_gflops(step.threads, repeats=settings.matmul_repeats)
-        progress(f"matmul peak at {step.threads} thread(s): {gflops[step.threads]:,.1f} GFLOP/s")
-
-    roofline: Roofline | None = None
-    for variant in variants:
-        classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant)
-        if roofline is None:
-            roofline = Roofline(_count_flops(model, classifier), gflops)
-            progress(f"{model.manifest.arch.label}: {roofline.flops / 1e9:,.2f} GFLOP per image; roofline "
-                     + ", ".join(f"{roofline.time_ms(t):,.1f} ms at {t} thread(s)" for t in sorted(gflops)))
-        for step in steps:
-            with torch_threads(step.threads):
-                for photo in photos:
-                    series = warm_series(classifier_request(classifier), photo.jpeg, settings.samples,
-                                         settings.warmup)
-                    m.results.append(_result(step, variant, photo, "classifier", series))
-                    progress(_describe(m.results[-1]))
-                if step == target_step and variant == headline_variant:
-                    m.batch = _batch(classifier, photo_1mp, settings, m.find(step.memory_mb, variant, DEFAULT_IMAGE))
-                    if m.batch:
-                        progress(f"batch of {settings.batch_size}: {m.batch['per_image_ms']:,.1f} ms per image, "
-                                 f"{m.batch['speedup']:.2f}x single requests")
-        del classifier
-        gc.collect()
-    assert roofline is not None
-
-    emulator_steps = steps if settings.emulator_all_sizes else (top,)
-    for variant in variants:
-        for step in emulator_steps:
-            _emulator_runs(model, variant, step, photos, photo_1mp, settings, scratch, m, progress)
-    for i in range(settings.cold_repeats - 1):
-        with EmulatedFunction(model, headline_variant, top.memory_mb, top.threads, scratch) as function:
-            _record_cold(m, function.cold_start(photo_1mp.jpeg), top, headline_variant, progress)
-            m.emulator_rss_mb = max(m.emulator_rss_mb, function.peak_rss_mb())
-
-    busy = busy_note(machine, cores)
-    if busy:
-        progress(busy)
-    return _report(model, variants, photos, plan, top, target_step, headline_variant, roofline, machine,
-                   settings, m, progress, cores)
+    def report(self) -> LatencyReport:
+        """The LatencyReport: headline figures, the recommendation, the roofline and the targets."""
+        assert self.roofline is not None
+        roofline, top, target, headline = self.roofline, self.top, self.target_step, self.headline_variant
+        peak_rss = max(c.peak_rss_mb for c in self.child_colds)
+        p50_by_memory = {r.memory_mb: r.p50_ms
+                         for r in self._classifier_results("end_to_end", variant=headline, image=DEFAULT_IMAGE)}
+        recommendation = recommend_memory(p50_by_memory, peak_rss)
+        headline_colds = [c for c in self.emulator_colds
+                          if c["memory_mb"] == top.memory_mb and c["requested"] == DEFAULT_CHOICE]
+        served = headline_colds[0]["variant"]
+        cold_start = ColdStart(
+            init_ms=round(median([c["init_ms"] for c in headline_colds]), 2),
+            first_response_ms=round(median([c["first_response_ms"] for c in headline_colds]), 2),
+            parts_ms=median_parts(self.child_colds),
+        )
+        targets = evaluate(TargetFigures(
+            threads=target.threads, roofline=roofline,
+            inference_p50_ms={r.variant: r.steps["inference"]["p50_ms"] for r in
+                              self._classifier_results("inference", threads=target.threads, image=DEFAULT_IMAGE)},
+            decode_preprocess_p50_ms={r.image: r.steps["decode_preprocess"]["p50_ms"] for r in
+                                      self._classifier_results("decode_preprocess", memory_mb=target.memory_mb,
+                                                           variant=headline)},
+            cold_start_ms=cold_start.first_response_ms, peak_rss_mb=peak_rss,
+            batch_speedup=self.batch.get("speedup"), batch_size=self.batch.get("batch_size"),
+        ))
+        roofline_data = roofline.to_dict()
+        roofline_data["variants"] = [
+            {"variant": r.variant, "threads": r.threads, "memory_mb": r.memory_mb,
+             "inference_p50_ms": r.steps["inference"]["p50_ms"], "roofline_ms": round(roofline.time_ms(r.threads), 2),
+             "ratio": round(roofline.ratio(r.steps["inference"]["p50_ms"], r.threads), 3)}
+            for r in self._classifier_results("inference", image=DEFAULT_IMAGE)
+        ]
+        details = {
+            "run": {**self.settings.describe(), "duration_s": round(self.progress.elapsed_s, 1),
+                    "load_average_at_end": load_average(), "busy": busy_note(self.machine, self.cores)},
+            "model": self.model.describe(),
+            "photos": [p.describe() for p in self.photos],
+            "sizes": [s.to_dict() for s in self.plan],
+            "sizes_note": plan_note(self.plan, self.cores),
+            "target_threads": target.threads,
+            "recommendation": {"memory_mb": recommendation.memory_mb, "reason": recommendation.reason,
+                               "rule": recommendation.rule,
+                               "basis": f"classifier path, {headline}, {DEFAULT_IMAGE} photo, end-to-end p50"},
+            "cold_starts": {
+                "child": [c.to_dict() for c in self.child_colds],
+                "emulator": self.emulator_colds,
+                "headline": f"{top.memory_mb:,} MB ({top.threads} threads), the handler's choice of variant "
+                            f"({served}), median of {len(headline_colds)} start(s)",
+                "served_variant": served,
+                "torchvision_imported": any(c.torchvision_imported for c in self.child_colds),
+            },
+            "emulator": {"pinning": pinning_method(), "peak_rss_mb": round(self.emulator_rss_mb, 1),
+                         "sizes": sorted({c["memory_mb"] for c in self.emulator_colds})},
+            "batch": self.batch,
+            "variants": [v for v in self.variants if v not in self.skipped],
+            "skipped_variants": self.skipped,
+        }
+        return LatencyReport(results=tuple(self.results), machine=self.machine,
+                             recommended_memory_mb=recommendation.memory_mb, cold_start=cold_start,
+                             peak_rss_mb=peak_rss, roofline=roofline_data,
+                             targets=tuple(t.to_dict() for t in targets), details=details)
 
 
 def _model(args: argparse.Namespace, scratch: Path, progress: Progress) -> ModelRef:
@@ -267,10 +373,6 @@ def _variants(model: ModelRef, wanted: Sequence[str] | None) -> tuple[str, ...]:
         raise LatencyBenchmarkError(f"{model.name}/{model.version} has no variant {', '.join(missing)}; "
                                     f"it has {', '.join(model.variants)}")
     return tuple(dict.fromkeys(wanted))
-
-
-def _photo(photos: Sequence[Photo], label: str) -> Photo:
-    return next(p for p in photos if p.label == label)
 
 
 def _write_photos(photos: Sequence[Photo], scratch: Path) -> dict[str, Path]:
@@ -310,85 +412,3 @@ def _batch(classifier: Classifier, photo: Photo, settings: RunSettings,
         return {}
     return {"batch_size": settings.batch_size, "image": photo.label, "per_image_ms": per_image,
             "single_p50_ms": single.p50_ms, "speedup": single.p50_ms / per_image, "repeats": settings.batch_repeats}
-
-
-def _emulator_runs(model: ModelRef, variant: str, step: SizeStep, photos: Sequence[Photo], first: Photo,
-                   settings: RunSettings, scratch: Path, m: Measurements, progress: Progress) -> None:
-    with EmulatedFunction(model, variant, step.memory_mb, step.threads, scratch) as function:
-        _record_cold(m, function.cold_start(first.jpeg), step, variant, progress)
-        for photo in photos:
-            series = warm_series(function.predict, photo.jpeg, settings.samples, settings.warmup)
-            m.results.append(_result(step, variant, photo, "emulator", series))
-            progress(_describe(m.results[-1]))
-        m.emulator_rss_mb = max(m.emulator_rss_mb, function.peak_rss_mb())
-
-
-def _record_cold(m: Measurements, cold: ColdSample, step: SizeStep, variant: str, progress: Progress) -> None:
-    m.emulator_colds.append({"memory_mb": step.memory_mb, "threads": step.threads, "variant": variant,
-                             **cold.to_dict()})
-    progress(f"emulator cold start ({step.memory_mb:,} MB, {variant}): init {cold.init_ms:,.0f} ms, "
-             f"first response after {cold.first_response_ms:,.0f} ms")
-
-
-def _report(model: ModelRef, variants: tuple[str, ...], photos: Sequence[Photo], plan: tuple[SizeStep, ...],
-            top: SizeStep, target_step: SizeStep, headline_variant: str, roofline: Roofline,
-            machine: dict[str, Any], settings: RunSettings, m: Measurements, progress: Progress,
-            cores: int) -> LatencyReport:
-    peak_rss = max(c.peak_rss_mb for c in m.child_colds)
-    p50_by_memory = {r.memory_mb: r.p50_ms for r in m.results
-                     if r.path == "classifier" and r.variant == headline_variant and r.image == DEFAULT_IMAGE}
-    recommendation = recommend_memory(p50_by_memory, peak_rss)
-    headline_colds = [c for c in m.emulator_colds
-                      if c["memory_mb"] == top.memory_mb and c["variant"] == headline_variant]
-    cold_start = ColdStart(
-        init_ms=round(median([c["init_ms"] for c in headline_colds]), 2),
-        first_response_ms=round(median([c["first_response_ms"] for c in headline_colds]), 2),
-        parts_ms=median_parts(m.child_colds),
-    )
-    decode_pre = _decode_preprocess(m, target_step, headline_variant)
-    targets = evaluate(TargetFigures(
-        threads=target_step.threads, roofline=roofline,
-        inference_p50_ms=m.inference_p50(target_step.threads, DEFAULT_IMAGE),
-        decode_preprocess_p50_ms=decode_pre, cold_start_ms=cold_start.first_response_ms, peak_rss_mb=peak_rss,
-        batch_speedup=m.batch.get("speedup"), batch_size=m.batch.get("batch_size"),
-    ))
-    roofline_data = roofline.to_dict()
-    roofline_data["variants"] = [
-        {"variant": r.variant, "threads": r.threads, "memory_mb": r.memory_mb,
-         "inference_p50_ms": r.steps["inference"]["p50_ms"], "roofline_ms": round(roofline.time_ms(r.threads), 2),
-         "ratio": round(roofline.ratio(r.steps["inference"]["p50_ms"], r.threads), 3)}
-        for r in m.results if r.path == "classifier" and r.image == DEFAULT_IMAGE and "inference" in r.steps
-    ]
-    details = {
-        "run": {**settings.describe(), "duration_s": round(progress.elapsed_s, 1),
-                "load_average_at_end": load_average(), "busy": busy_note(machine, cores)},
-        "model": model.describe(),
-        "photos": [p.describe() for p in photos],
-        "sizes": [s.to_dict() for s in plan],
-        "sizes_note": plan_note(plan, cores),
-        "target_threads": target_step.threads,
-        "recommendation": {"memory_mb": recommendation.memory_mb, "reason": recommendation.reason,
-                           "rule": recommendation.rule,
-                           "basis": f"classifier path, {headline_variant}, {DEFAULT_IMAGE} photo, end-to-end p50"},
-        "cold_starts": {
-            "child": [c.to_dict() for c in m.child_colds],
-            "emulator": m.emulator_colds,
-            "headline": f"{top.memory_mb:,} MB ({top.threads} threads), {headline_variant}, "
-                        f"median of {len(headline_colds)} start(s)",
-            "torchvision_imported": any(c.torchvision_imported for c in m.child_colds),
-        },
-        "emulator": {"pinning": pinning_method(), "peak_rss_mb": round(m.emulator_rss_mb, 1),
-                     "sizes": sorted({c["memory_mb"] for c in m.emulator_colds})},
-        "batch": m.batch,
-        "variants": list(variants),
-    }
-    return LatencyReport(results=tuple(m.results), machine=machine,
-                         recommended_memory_mb=recommendation.memory_mb, cold_start=cold_start,
-                         peak_rss_mb=peak_rss, roofline=roofline_data, targets=tuple(t.to_dict() for t in targets),
-                         details=details)
-
-
-def _decode_preprocess(m: Measurements, step: SizeStep, variant: str) -> dict[str, float]:
-    return {r.image: r.steps["decode_preprocess"]["p50_ms"] for r in m.results
-            if r.path == "classifier" and r.memory_mb == step.memory_mb and r.variant == variant
-            and "decode_preprocess" in r.steps}

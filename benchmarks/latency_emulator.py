@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from benchmarks.cost_latency import DEFAULT_VARIANT
 from benchmarks.exceptions import LatencyBenchmarkError
 from benchmarks.latency_model import ModelRef
 from emulator import Emulator, EmulatorConfig
@@ -36,11 +37,12 @@ class ColdSample:
 
     init_ms: float  # the emulator's Init Duration (process start to the runtime's first /next)
     first_response_ms: float  # emulator start to the first /predict answer, as a client sees it
-    timing_ms: dict[str, float]  # the handler's own step timings for that first request
+    timing_ms: dict[str, Any]  # the handler's own step timings for that first request
+    variant: str  # the variant that answered (the handler's choice when none was asked for)
 
     def to_dict(self) -> dict[str, Any]:
         return {"init_ms": round(self.init_ms, 2), "first_response_ms": round(self.first_response_ms, 2),
-                "timing_ms": self.timing_ms}
+                "timing_ms": self.timing_ms, "variant": self.variant}
 
 
 def pinning_cpus(threads: int) -> tuple[int, ...] | None:
@@ -54,18 +56,24 @@ def pinning_method() -> str:
 
 
 class EmulatedFunction:
-    """One emulated Lambda function of `memory_mb` serving `variant`, for timing requests."""
+    """One emulated Lambda function of `memory_mb` serving `variant`, for timing requests.
 
-    def __init__(self, model: ModelRef, variant: str, memory_mb: int, threads: int, workdir: Path) -> None:
+    `variant` None leaves the choice to the handler (the fastest variant present, as deployed
+    without MODEL_VARIANT); `variant` then becomes the one its answers name.
+    """
+
+    def __init__(self, model: ModelRef, variant: str | None, memory_mb: int, threads: int,
+                 workdir: Path) -> None:
         self.model = model
-        self.variant = variant
+        self.variant = variant or DEFAULT_VARIANT
         self.memory_mb = memory_mb
         self.threads = threads
         self._log: deque[str] = deque(maxlen=_LOG_TAIL)
         config = EmulatorConfig(
             model_root=model.root, model_name=model.name, model_version=model.version, port=0,
             memory_mb=memory_mb, timeout_s=60.0,
-            environment={"OMP_NUM_THREADS": str(threads), "MODEL_VARIANT": variant},
+            # An empty MODEL_VARIANT means "the handler's choice" and hides one set in the shell.
+            environment={"OMP_NUM_THREADS": str(threads), "MODEL_VARIANT": variant or ""},
             python=self._python(threads, workdir),
         )
         self._emulator = Emulator(config, log=self._log.append)
@@ -95,9 +103,10 @@ class EmulatedFunction:
         inits = self._emulator.stats().init_durations_ms
         if not inits:
             raise LatencyBenchmarkError("the emulator reported no init duration for its first request")
-        return ColdSample(init_ms=float(inits[0]), first_response_ms=first_response_ms, timing_ms=timing)
+        return ColdSample(init_ms=float(inits[0]), first_response_ms=first_response_ms, timing_ms=timing,
+                          variant=self.variant)
 
-    def predict(self, photo: bytes) -> tuple[float, dict[str, float]]:
+    def predict(self, photo: bytes) -> tuple[float, dict[str, Any]]:
         """POST the JPEG to /predict; returns (ms as the client saw it, the handler's `timing_ms`)."""
         connection = http.client.HTTPConnection("127.0.0.1", self._emulator.port, timeout=REQUEST_TIMEOUT_S)
         try:
@@ -114,10 +123,12 @@ class EmulatedFunction:
             raise LatencyBenchmarkError(f"POST /predict through the emulator answered {response.status}: "
                                         f"{body[:300].decode('utf-8', 'replace')}{self._tail()}")
         try:
-            timing = json.loads(body)["timing_ms"]
+            timing = dict(json.loads(body)["timing_ms"])
         except (ValueError, KeyError, TypeError) as exc:
             raise LatencyBenchmarkError(f"the /predict answer has no timing_ms: {body[:200]!r}") from exc
-        return elapsed_ms, {k: float(v) for k, v in timing.items() if isinstance(v, int | float)}
+        if isinstance(timing.get("variant"), str):
+            self.variant = timing["variant"]
+        return elapsed_ms, timing
 
     def peak_rss_mb(self) -> float:
         """The runtime process tree's peak RSS, as the REPORT line's Max Memory Used."""

@@ -4,9 +4,9 @@ A flat or purely random picture would lie about decode time: JPEG spends its eff
 so a flat image decodes too fast and white noise too slowly, and both give file sizes no camera
 makes. These photos mix what a phone picture holds (smooth lighting gradients, a few objects with
 sharp edges, mid-frequency texture like fur or grass, and a little sensor noise), which puts the
-JPEG at a few hundred KB per megapixel, as phone photos at quality 90 are. The same seed gives
-the same pixels on every machine (numpy's PCG64 stream); the JPEG bytes are the local
-libjpeg's encoding of those pixels.
+JPEG at about 200 KB per megapixel, as phone photos are. The same seed gives the same picture
+everywhere (numpy's PCG64 stream; a platform's `sin` may move a pixel by one level), and the JPEG
+bytes are the local libjpeg's encoding of it.
 """
 
 from __future__ import annotations

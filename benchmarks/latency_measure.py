@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ class WarmSeries:
         return summarize_steps(self.steps)
 
 
-def step_sample(timing: dict[str, float], end_to_end_ms: float) -> dict[str, float]:
+def step_sample(timing: Mapping[str, Any], end_to_end_ms: float) -> dict[str, float]:
     """One request's steps from the handler's `timing_ms`, plus derived ones the report compares.
 
     `decode_preprocess` is issue 8's decode target; `handler` is the handler's own total and
@@ -56,7 +56,7 @@ def step_sample(timing: dict[str, float], end_to_end_ms: float) -> dict[str, flo
     return sample
 
 
-def warm_series(request: Callable[[bytes], tuple[float, dict[str, float]]], photo: bytes,
+def warm_series(request: Callable[[bytes], tuple[float, Mapping[str, Any]]], photo: bytes,
                 samples: int, warmup: int) -> WarmSeries:
     """Send `warmup` + `samples` requests through `request` (returns ms and `timing_ms`); keep the last."""
     for _ in range(warmup):
@@ -69,9 +69,9 @@ def warm_series(request: Callable[[bytes], tuple[float, dict[str, float]]], phot
     return WarmSeries(tuple(totals), tuple(steps))
 
 
-def classifier_request(classifier: Classifier) -> Callable[[bytes], tuple[float, dict[str, float]]]:
+def classifier_request(classifier: Classifier) -> Callable[[bytes], tuple[float, Mapping[str, Any]]]:
     """A request straight to `Classifier.classify`, timed around the call."""
-    def request(photo: bytes) -> tuple[float, dict[str, float]]:
+    def request(photo: bytes) -> tuple[float, Mapping[str, Any]]:
         start = time.perf_counter()
         body = classifier.classify(photo)
         return (time.perf_counter() - start) * 1000.0, body["timing_ms"]
@@ -108,11 +108,16 @@ class ChildColdStart:
                 "torchvision_imported": self.torchvision_imported, "variant": self.variant}
 
 
-def cold_start_child(model: ModelRef, variant: str, threads: int, photo: Path,
+def cold_start_child(model: ModelRef, variant: str | None, threads: int, photo: Path,
                      largest: Path | None) -> ChildColdStart:
-    """Run `benchmarks.latency_cold` in a fresh interpreter and read its figures."""
+    """Run `benchmarks.latency_cold` in a fresh interpreter and read its figures.
+
+    `variant` None lets the loader choose, as the handler does without MODEL_VARIANT.
+    """
     command = [sys.executable, "-m", "benchmarks.latency_cold", "--root", str(model.root), "--name", model.name,
-               "--version", model.version, "--variant", variant, "--threads", str(threads), "--photo", str(photo)]
+               "--version", model.version, "--threads", str(threads), "--photo", str(photo)]
+    if variant is not None:
+        command += ["--variant", variant]
     if largest is not None:
         command += ["--largest", str(largest)]
     spawned = time.time()

@@ -34,7 +34,7 @@ def render_markdown(report: LatencyReport) -> str:
                f"{machine.get('torch_version', '?')}, load average at start {load}; took "
                f"{run.get('duration_s', '?')} s. Model {model.get('name')}/{model.get('version')}"
                f"{' (the untrained demo model)' if model.get('demo') else ''}, variants "
-               f"{', '.join(d.get('variants', []))}.")
+               f"{', '.join(d.get('variants', []))}{_skipped(d.get('skipped_variants') or {})}.")
     scope = (f"Measured at {d.get('target_threads', '?')} thread(s) on the Classifier path with the ~1 MP photo "
              "unless the row says otherwise. Printed, never asserted by tests.")
     lines = [title, "", summary, ""]
@@ -51,6 +51,10 @@ def render_markdown(report: LatencyReport) -> str:
     lines += _batch(d.get("batch") or {})
     lines += _machine(machine, d)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _skipped(skipped: Mapping[str, str]) -> str:
+    return "".join(f" ({variant} skipped: {why})" for variant, why in skipped.items())
 
 
 def _ms(value: float | None) -> str:
@@ -86,9 +90,10 @@ def _cold_start(report: LatencyReport) -> list[str]:
     emulator = colds.get("emulator") or []
     if emulator:
         lines += ["Every emulator start:", ""]
-        lines += _table(("memory", "threads", "variant", "init ms", "first response ms"),
-                        ((f"{c['memory_mb']:,} MB", str(c["threads"]), c["variant"], _ms(c["init_ms"]),
-                          _ms(c["first_response_ms"])) for c in emulator), "---|---:|---|---:|---:|")
+        lines += _table(("memory", "threads", "MODEL_VARIANT", "variant served", "init ms", "first response ms"),
+                        ((f"{c['memory_mb']:,} MB", str(c["threads"]), c.get("requested", ""), c["variant"],
+                          _ms(c["init_ms"]), _ms(c["first_response_ms"])) for c in emulator),
+                        "---|---:|---|---|---:|---:|")
         lines.append("")
     return lines
 

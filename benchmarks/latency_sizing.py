@@ -60,7 +60,7 @@ def plan_note(plan: tuple[SizeStep, ...], cores: int) -> str:
     if not capped:
         return f"every size was measured with its own vCPU count ({cores} cores here)."
     listed = ", ".join(f"{s.memory_mb:,} MB ({s.vcpus} vCPUs)" for s in capped)
-    return (f"this machine has {cores} core{'s' if cores != 1 else ''}, so {listed} cannot be measured: "
+    return (f"This machine has {cores} core{'s' if cores != 1 else ''}, so {listed} cannot be measured: "
             f"they would run with at most {cores} threads, which says nothing about their extra vCPUs. "
             "They are left out of the results; the cost model uses the largest measured size below them.")
 
@@ -85,12 +85,11 @@ def recommend_memory(p50_by_memory: Mapping[int, float], peak_rss_mb: float | No
     if fitting:
         chosen = fitting[0]
         rss = f"{need_mb:,.0f} MB needed for {peak_rss_mb:,.0f} MB peak RSS" if peak_rss_mb else "peak RSS unknown"
-        return Recommendation(chosen, f"{chosen:,} MB: p50 {p50_by_memory[chosen]:,.1f} ms vs best "
-                                      f"{best:,.1f} ms; {rss}")
+        return Recommendation(chosen, f"p50 {p50_by_memory[chosen]:,.1f} ms against the best {best:,.1f} ms; {rss}")
     larger = sorted(m for m in p50_by_memory if m >= need_mb)
     if larger:
         chosen = larger[0]
-        return Recommendation(chosen, f"{chosen:,} MB: the sizes within {P50_TOLERANCE:.0%} of the best p50 "
-                                      f"have less than the {need_mb:,.0f} MB the peak RSS needs")
+        return Recommendation(chosen, f"the sizes within {P50_TOLERANCE:.0%} of the best p50 have less than "
+                                      f"the {need_mb:,.0f} MB the peak RSS needs")
     return Recommendation(None, f"no measured size has the {need_mb:,.0f} MB the peak RSS of "
                                 f"{peak_rss_mb:,.0f} MB needs")

@@ -187,7 +187,10 @@ class Classifier:
     def classify(
         self, data: bytes, top_k: int | None = None, include_logits: bool = False, deadline: Deadline | None = None
     ) -> dict[str, Any]:
-        """Image bytes -> answer body with `timing_ms` for decode, preprocess, inference and total."""
+        """Image bytes -> answer body with `timing_ms` for decode, preprocess, inference and total.
+
+        `timing_ms.variant` names the weights variant that ran (as `model.variant` does).
+        """
         top_k = self.check_top_k(top_k)
         start = time.perf_counter()
         image = self.decode(data)
@@ -204,6 +207,7 @@ class Classifier:
             "preprocess": _ms(preprocessed - decoded),
             "inference": _ms(inferred - preprocessed),
             "total": elapsed_ms(start),
+            "variant": self.variant,
         }
         return body
 
@@ -250,6 +254,7 @@ class Classifier:
                 "preprocess": preprocess_ms,
                 "inference": inference_ms,
                 "total": round(decode_ms + preprocess_ms + inference_ms + elapsed_ms(post_start), 3),
+                "variant": self.variant,
             }
             results[slot] = body
         return results

@@ -181,6 +181,7 @@ class Service:
         body["timing_ms"] = {
             "inference": answered[0]["timing_ms"]["inference"] if answered else 0.0,
             "total": elapsed_ms(start),
+            "variant": classifier.variant,
         }
         record.timing_ms = body["timing_ms"]
         return body

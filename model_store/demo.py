@@ -5,6 +5,10 @@ the 128-unit head of the original training job, 133 classes) that every machine 
 bit for bit. Random numbers come from numpy's PCG64 bit stream (fixed by its algorithm, not
 by a library version or a CPU), turned into floats with exact integer arithmetic and one
 correctly-rounded float32 multiply per weight, so no platform math library is involved.
+
+The demo publishes the faster variants too (int8 calibrated on generated pictures, and the
+optimized graph when it measures faster here), so `make demo`, `make serve` and the benchmarks
+show the fast path without any user data. Calibration is not training: `trained` stays false.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from PIL import Image, ImageDraw, ImageFilter
+
 from model_store.manifest import Architecture, Head, Manifest, Preprocessing, dog_breed_classes
 from model_store.resnet import build_model
 
 DEMO_ARCH = Architecture(family="resnet", depth=50, head=Head(type="mlp", hidden=128, dropout=False))
 DEMO_SOURCE = "demo: deterministic untrained ResNet-50 (model_store.demo, seed {seed})"
+DEMO_CALIBRATION_IMAGES = 32
 _MANTISSA = 1 << 23
 
 
@@ -53,16 +60,50 @@ def demo_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def publish_demo(store_uri: str, name: str, version: str, alias: str | None = None) -> Manifest:
-    """Publish the seed-0 demo model, marked `trained: false`, with the `resize224` preprocessing."""
+def publish_demo(store_uri: str, name: str, version: str, alias: str | None = None, *,
+                 variants: bool = True, progress: bool = True) -> Manifest:
+    """Publish the seed-0 demo model, marked `trained: false`, with the `resize224` preprocessing.
+
+    With `variants`, also int8 (calibrated on `demo_pictures`) and the optimized fp32 graph,
+    each kept only if it passes its gate (`model_store.variants`).
+    """
     from model_store.publish import publish_state_dict  # publish imports the store: only when needed
 
     seed = 0
     return publish_state_dict(
         demo_state_dict(seed), store_uri, name, version,
         arch=DEMO_ARCH, class_names=dog_breed_classes(), preprocess=Preprocessing.preset("resize224"),
-        trained=False, source=DEMO_SOURCE.format(seed=seed), alias=alias,
+        trained=False, source=DEMO_SOURCE.format(seed=seed), alias=alias, progress=progress,
+        calibration=demo_pictures(DEMO_CALIBRATION_IMAGES, seed) if variants else None, graph=variants,
     )
+
+
+def demo_pictures(count: int, seed: int = 0, size: tuple[int, int] = (256, 192)) -> list[Image.Image]:
+    """Deterministic photo-like pictures (gradient backgrounds, blurred shapes, grain) to calibrate on.
+
+    Calibration needs activations spread like real photos': smooth regions, edges, colour and
+    texture. Drawn from a seeded PCG64 stream: the same seed gives the same pictures.
+    """
+    bits = np.random.PCG64(seed + 1)
+    draws = np.random.Generator(bits)
+    width, height = size
+    pictures = []
+    for _ in range(count):
+        top, bottom = draws.integers(0, 256, 3), draws.integers(0, 256, 3)
+        ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+        background = (top * (1 - ramp) + bottom * ramp).repeat(width, axis=1)
+        image = Image.fromarray(background.astype(np.uint8), "RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(draws.integers(2, 7))):
+            x0, y0 = int(draws.integers(-width // 4, width)), int(draws.integers(-height // 4, height))
+            x1, y1 = x0 + int(draws.integers(16, width)), y0 + int(draws.integers(16, height))
+            fill = tuple(int(c) for c in draws.integers(0, 256, 3))
+            (draw.ellipse if draws.random() < 0.6 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
+        image = image.filter(ImageFilter.GaussianBlur(float(draws.uniform(0.5, 3.0))))
+        grain = draws.normal(0.0, float(draws.uniform(2.0, 14.0)), (height, width, 3))
+        noisy = np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+        pictures.append(Image.fromarray(noisy, "RGB"))
+    return pictures
 
 
 def _uniform(shape: Sequence[int], bound: float, bits: np.random.PCG64) -> torch.Tensor:

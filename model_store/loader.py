@@ -11,6 +11,11 @@ against its recorded size and sha256 before it is used. The network is built on 
 device and the safetensors tensors are assigned into it, which skips both random initialisation
 and a copy (that is most of a cold start). torch is imported only when a model is built, so
 `sync` and the CLI can use the layout helpers here without paying for it.
+
+A version may carry faster variants made at publish time (`model_store.variants`): `int8`
+(rebuilt from plain int8 tensors for the quantized engine its format names) and `fp32-graph` (a
+frozen TorchScript graph, loaded only from bytes whose sha256 matched). Without an explicit
+variant, `choose_variant` takes the fastest one present that this machine can run.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 VERSIONS_DIR = "versions"
 DEFAULT_VARIANT = "fp32"
+VARIANT_PREFERENCE = ("int8", "fp32-graph", "fp32")
+"""Without MODEL_VARIANT: the first of these a version has and this machine runs (fastest first)."""
 
 
 @dataclass(frozen=True)
@@ -215,20 +222,64 @@ def _load_fp32(manifest: Manifest, weights_path: Path) -> nn.Module:
     return model
 
 
-VARIANT_LOADERS: dict[str, VariantLoader] = {"fp32": _load_fp32}
-"""variant name -> loader. Adding a variant (int8, ...) is one entry here plus its manifest entry."""
+def _load_int8(manifest: Manifest, weights_path: Path) -> nn.Module:
+    from model_store.quantize import engine_of, load_int8
+
+    engine = engine_of(manifest.weights["int8"].format)
+    if engine is None:
+        raise VariantError(f"{weights_path}: the int8 variant has format {manifest.weights['int8'].format!r}, "
+                           "expected 'safetensors-int8-<engine>'")
+    return load_int8(manifest.arch, manifest.num_classes, weights_path, engine)
+
+
+def _load_graph(manifest: Manifest, weights_path: Path) -> nn.Module:
+    from model_store.graph import GRAPH_FORMAT, load_graph
+
+    entry = manifest.weights["fp32-graph"]
+    if entry.format != GRAPH_FORMAT:
+        raise VariantError(f"{weights_path}: the fp32-graph variant has format {entry.format!r}, "
+                           f"expected {GRAPH_FORMAT!r}")
+    return load_graph(weights_path, entry)  # verifies the very bytes it loads
+
+
+VARIANT_LOADERS: dict[str, VariantLoader] = {"fp32": _load_fp32, "int8": _load_int8, "fp32-graph": _load_graph}
+"""variant name -> loader. Adding a variant is one entry here plus its manifest entry."""
+
+SELF_VERIFYING = frozenset({"fp32-graph"})
+"""Variants whose loader checks the sha256 of the bytes it loads itself (code must not be read twice)."""
+
+
+def runnable(manifest: Manifest, variant: str) -> bool:
+    """Whether this machine can run `variant` of `manifest` (int8 needs its quantized engine)."""
+    entry = manifest.weights.get(variant)
+    if entry is None or variant not in VARIANT_LOADERS:
+        return False
+    if variant == "int8":
+        from model_store.quantize import engine_of, supported_engines
+
+        return engine_of(entry.format) in supported_engines()
+    return True
+
+
+def choose_variant(manifest: Manifest, requested: str | None = None) -> str:
+    """`requested` as is (checked by `load`), else the fastest variant present that runs here."""
+    if requested:
+        return requested
+    return next((v for v in VARIANT_PREFERENCE if runnable(manifest, v)), DEFAULT_VARIANT)
 
 
 def load(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
          variant: str | None = None) -> LoadedModel:
     """Load `name` (by version or alias) from a model root, verified, in eval mode.
 
+    `variant` None means the fastest the version offers and this machine runs (`choose_variant`).
+
     Raises VersionNotFoundError, ManifestError, VariantError, ChecksumError or ArchitectureError,
     each naming the file and what is wrong with it.
     """
     directory = resolve_version_dir(root, name, version=version, alias=alias)
     manifest = read_local_manifest(directory, name=name)
-    chosen = variant or DEFAULT_VARIANT
+    chosen = choose_variant(manifest, variant)
     loader = VARIANT_LOADERS.get(chosen)
     if loader is None:
         raise VariantError(
@@ -236,7 +287,7 @@ def load(root: Path | str, name: str, *, version: str | None = None, alias: str 
         )
     if chosen not in manifest.weights:
         raise VariantError(_missing_variant(manifest, chosen))
-    weights_path = verify_weights_file(directory, manifest.weights[chosen], checksum=True)
+    weights_path = verify_weights_file(directory, manifest.weights[chosen], checksum=chosen not in SELF_VERIFYING)
     model = loader(manifest, weights_path)
     model.eval()
     return LoadedModel(model=model, manifest=manifest, directory=directory, variant=chosen)

@@ -8,8 +8,12 @@ The pipeline, in order, so that nothing reaches the store unless it will serve:
 3. detect the architecture from the keys (flags override), resolve class names and preprocessing;
 4. build our torchvision-compatible ResNet, load the weights strictly and run one forward pass:
    the output must have one finite logit per class name;
-5. upload the safetensors weights, then the manifest (a version exists only once its manifest
-   does; the version is checked again just before), then the alias.
+5. make the faster variants asked for (`model_store.variants`): int8 calibrated on the
+   `calibration` images and judged against fp32 on held-out ones, an optimized fp32 graph kept
+   only when it measures >= 10% faster; a variant that fails its gate is refused and logged,
+   the version is still published with the rest;
+6. upload the safetensors weights and each variant's file, then the manifest (a version exists
+   only once its manifest does; the version is checked again just before), then the alias.
 
 `publish_state_dict` is the same pipeline for an in-memory state dict: what training calls.
 """
@@ -20,7 +24,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,6 +44,7 @@ from model_store.manifest import (
 )
 from model_store.resnet import build_model, check_state_dict, detect_architecture
 from model_store.store import Store, check_key, manifest_key, open_store, version_key, write_alias
+from model_store.variants import CalibrationArg, build_variants, calibration_inputs
 from model_store.weights import read_state_dict, save_safetensors, sha256_file
 
 ClassesArg = str | Path | Sequence[str] | None
@@ -61,17 +66,24 @@ def publish(
     trained: bool = True,
     metrics: Mapping[str, Any] | None = None,
     progress: bool = True,
+    calibration: CalibrationArg = None,
+    graph: bool = False,
+    int8_engine: str | None = None,
 ) -> Manifest:
     """Publish weights from `source` (local path or `s3://bucket/key`) as `name`/`version` in `store_uri`.
 
     `depth` and `head_hidden` override what the keys say; `classes` is a class file (one name
     per line) or a list, default the 133 dogImages breeds; `preprocess` is a preset name
-    (`resize224`, `imagenet`) or a JSON file. Step messages go to this module's logger and
-    transfers show the store's progress line, when `progress` is on.
+    (`resize224`, `imagenet`) or a JSON file. `calibration` (a directory of images, or a list
+    of PIL images) adds the int8 variant, `graph` tries the optimized fp32 graph variant (see
+    `model_store.variants`); `int8_engine` defaults to this machine's (`x86`, or `qnnpack` on
+    arm64). Step messages go to this module's logger and transfers show the store's progress
+    line, when `progress` is on.
     """
     _check_names(name, version, alias)
     class_names = resolve_classes(classes)
     spec = resolve_preprocessing(preprocess)
+    inputs = calibration_inputs(calibration, spec)  # a bad directory fails before a long download
     store = open_store(store_uri)
     _refuse_existing(store, name, version)  # before a long download
     with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
@@ -82,7 +94,8 @@ def publish(
     if num_classes is not None:
         _step(progress, f"detected {_describe_arch(arch)} with {num_classes} outputs")
     return _check_and_upload(state_dict, store, name, version, arch=arch, class_names=class_names, spec=spec,
-                             trained=trained, source=str(source), metrics=metrics, alias=alias, progress=progress)
+                             trained=trained, source=str(source), metrics=metrics, alias=alias, progress=progress,
+                             variants=_VariantRequest(inputs, graph, int8_engine))
 
 
 def publish_state_dict(
@@ -99,19 +112,36 @@ def publish_state_dict(
     metrics: Mapping[str, Any] | None = None,
     alias: str | None = None,
     progress: bool = True,
+    calibration: CalibrationArg = None,
+    graph: bool = False,
+    int8_engine: str | None = None,
 ) -> Manifest:
-    """Check an in-memory state dict end to end, then upload weights, manifest and alias, in that order."""
+    """Check an in-memory state dict end to end, then upload weights, manifest and alias, in that order.
+
+    `calibration`, `graph` and `int8_engine` ask for the faster variants, as in `publish`.
+    """
     _check_names(name, version, alias)
+    spec = resolve_preprocessing(preprocess)
     return _check_and_upload(state_dict, open_store(store_uri), name, version, arch=arch,
-                             class_names=resolve_classes(class_names), spec=resolve_preprocessing(preprocess),
-                             trained=trained, source=source, metrics=metrics, alias=alias, progress=progress)
+                             class_names=resolve_classes(class_names), spec=spec,
+                             trained=trained, source=source, metrics=metrics, alias=alias, progress=progress,
+                             variants=_VariantRequest(calibration_inputs(calibration, spec), graph, int8_engine))
+
+
+@dataclass(frozen=True)
+class _VariantRequest:
+    """Which faster variants to try: int8 when calibration inputs are given, the graph when asked."""
+
+    calibration: list[torch.Tensor] = field(default_factory=list)
+    graph: bool = False
+    int8_engine: str | None = None
 
 
 def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name: str, version: str, *,
                       arch: Architecture, class_names: tuple[str, ...], spec: Preprocessing, trained: bool,
                       source: str, metrics: Mapping[str, Any] | None, alias: str | None,
-                      progress: bool) -> Manifest:
-    """The shared tail of both entry points: gate, then weights, manifest, alias."""
+                      progress: bool, variants: _VariantRequest | None = None) -> Manifest:
+    """The shared tail of both entry points: gate, variants, then weights, manifest, alias."""
     _refuse_existing(store, name, version)
     weights = {key: _as_fp32(tensor) for key, tensor in state_dict.items()}
     verify_weights(weights, arch, class_names, spec)
@@ -122,16 +152,32 @@ def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name
         save_safetensors(weights, weights_path)
         entry = WeightsFile(file=WEIGHTS_FILE, format="safetensors", sha256=sha256_file(weights_path),
                             size=weights_path.stat().st_size)
+        files = {"fp32": (entry, weights_path)}
+        all_metrics = dict(metrics or {})
+        if variants is not None and (variants.calibration or variants.graph):
+            kept, figures, refused = build_variants(
+                weights, arch, len(class_names), _example_input(spec), Path(workdir),
+                calibration=variants.calibration, graph=variants.graph, engine=variants.int8_engine,
+                say=lambda message: _step(progress, message))
+            for variant in kept:
+                files[variant.name] = (WeightsFile(file=variant.path.name, format=variant.format,
+                                                   sha256=sha256_file(variant.path), size=variant.path.stat().st_size),
+                                       variant.path)
+            all_metrics["variants"] = figures
+            if refused:
+                all_metrics["refused_variants"] = refused
         manifest = Manifest(
             name=name, version=version, arch=arch, class_names=class_names, preprocess=spec,
-            weights={"fp32": entry}, trained=trained, source=source, metrics=dict(metrics or {}),
+            weights={variant: file_entry for variant, (file_entry, _) in files.items()}, trained=trained,
+            source=source, metrics=all_metrics,
         )
-        weights_key = version_key(name, version, WEIGHTS_FILE)
-        _step(progress, f"uploading {entry.size / 1e6:.1f} MB to {store.describe(weights_key)}")
-        store.put_file(weights_key, weights_path, progress=True if progress else None)
+        for variant, (file_entry, path) in files.items():
+            weights_key = version_key(name, version, file_entry.file)
+            _step(progress, f"uploading {variant} ({file_entry.size / 1e6:.1f} MB) to {store.describe(weights_key)}")
+            store.put_file(weights_key, path, progress=True if progress else None)
     _refuse_existing(store, name, version)  # another publisher may have finished meanwhile
     store.write_bytes(manifest_key(name, version), manifest.to_json().encode("utf-8"))
-    _step(progress, f"published {name} {version} (sha256 {entry.sha256[:12]}...)")
+    _step(progress, f"published {name} {version} with {', '.join(manifest.weights)} (fp32 sha256 {entry.sha256[:12]}...)")
     if alias is not None:
         write_alias(store, name, alias, version)
         _step(progress, f"alias {alias} -> {version}")
@@ -217,6 +263,11 @@ def _head_outputs(state_dict: Mapping[str, torch.Tensor], arch: Architecture) ->
     key = "fc.weight" if arch.head.type == "linear" else f"fc.{3 if arch.head.dropout else 2}.weight"
     weight = state_dict.get(key)
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
+def _example_input(spec: Preprocessing) -> torch.Tensor:
+    """One input batch of the model's input size, for tracing and timing variants."""
+    return torch.rand((1, 3, *_probe_size(spec)), generator=torch.Generator().manual_seed(0))
 
 
 def _probe_size(spec: Preprocessing) -> tuple[int, int]:

@@ -555,4 +555,22 @@ def _make_s3_client() -> Any:
     from botocore.config import Config
 
     config = Config(retries=s3_retry_config(), connect_timeout=10, read_timeout=60)  # type: ignore[arg-type]
-    return boto3.session.Session().client("s3", config=config)
+    return boto3.session.Session(botocore_session=_botocore_session()).client("s3", config=config)
+
+
+_loader_lock = threading.Lock()
+_shared_loader: Any = None
+
+
+def _botocore_session() -> Any:
+    """A new botocore session (credentials, region and endpoint read afresh from the environment)
+    that shares one parsed copy of the service models: a client then costs ~0.1 s instead of ~0.6 s."""
+    import botocore.session
+
+    global _shared_loader
+    session = botocore.session.get_session()
+    with _loader_lock:
+        if _shared_loader is None:
+            _shared_loader = session.get_component("data_loader")
+        session.register_component("data_loader", _shared_loader)
+    return session

@@ -22,7 +22,7 @@ from model_store.publish import publish_state_dict
 from model_store.store import manifest_key, open_store
 from training.checkpoint import checkpoint_path
 from training.data import discover
-from training.distributed import DEVICES, Context, setup, teardown
+from training.distributed import DEVICES, Context, all_reduce_sums, setup, teardown
 from training.exceptions import ConfigError, TrainingError
 from training.loop import Log, RunResult, TrainConfig, fit
 from training.model import parse_architecture
@@ -106,6 +106,7 @@ def parse_bool(value: str) -> bool:
 
 
 def parse_resume(value: str) -> bool | str:
+    """`--resume [true|false|auto]`; `auto` is decided once the checkpoint directory is known."""
     return "auto" if value.strip().lower() == "auto" else parse_bool(value)
 
 
@@ -128,6 +129,7 @@ def default_workers(local_world_size: int) -> int:
 
 
 def make_config(args: argparse.Namespace, ctx: Context) -> TrainConfig:
+    """The flags as a TrainConfig, with every mistake that needs no data reported before training."""
     if args.pretrained is not None and not args.pretrained.is_file():
         raise ConfigError(f"--pretrained {args.pretrained} does not exist")
     if args.workers is not None and args.workers < 0:
@@ -143,8 +145,17 @@ def make_config(args: argparse.Namespace, ctx: Context) -> TrainConfig:
         workers=default_workers(ctx.local_world_size) if args.workers is None else args.workers,
         seed=args.seed, patience=args.patience, amp=args.amp, checkpoint_dir=args.checkpoint_dir)
     if args.resume == "auto":
-        return replace(config, resume=checkpoint_path(config.checkpoints).is_file())
+        return replace(config, resume=_checkpoint_seen_by_all(checkpoint_path(config.checkpoints), ctx))
     return replace(config, resume=bool(args.resume))
+
+
+def _checkpoint_seen_by_all(path: Path, ctx: Context) -> bool:
+    """`--resume auto`: every process must take the same decision, or they would train different epochs."""
+    seen = int(all_reduce_sums([1.0 if path.is_file() else 0.0], ctx)[0])
+    if 0 < seen < ctx.world_size:
+        raise ConfigError(f"--resume auto: only {seen} of {ctx.world_size} processes see {path}; "
+                          "put --checkpoint-dir on storage every node can read")
+    return seen == ctx.world_size
 
 
 def check_publish_target(args: argparse.Namespace) -> None:

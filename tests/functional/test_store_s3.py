@@ -18,8 +18,13 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
+from model_store.cli import main
 from model_store.exceptions import StoreError
+from model_store.loader import local_versions, verify_version_dir
+from model_store.manifest import Architecture, Manifest, Preprocessing, WeightsFile
 from model_store.store import S3Store, list_versions, manifest_key, open_store
+from model_store.sync import sync_version
+from model_store.weights import sha256_file
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 ERROR_XML = ("<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code><Message>{message}</Message>"
@@ -67,7 +72,7 @@ class FaultProxy:
 
             def _body(self) -> bytes:
                 if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    chunks = []
+                    chunks: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                         if size == 0:
@@ -89,8 +94,7 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
-                                                      timeout=60)
+                upstream = http.client.HTTPConnection(proxy.upstream.netloc, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["content-length"] = str(len(body))
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -249,3 +253,56 @@ def test_store_client_uses_the_endpoint_from_the_environment(faulty: Callable[..
     assert isinstance(store, S3Store) and store.client.meta.endpoint_url == proxy.url
     store.list_keys("")
     assert proxy.forwarded == 1
+
+
+# --- sync through faults ------------------------------------------------------------------------
+
+def _upload_version(tmp_path: Path) -> None:
+    """dogs/v1 in s3://models: 2 MB of random bytes and a manifest that records them."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(os.urandom(2 * 1024 * 1024))
+    store = open_store("s3://models")
+    store.put_file("dogs/v1/model.safetensors", weights)
+    entry = WeightsFile(file=weights.name, format="safetensors", sha256=sha256_file(weights),
+                        size=weights.stat().st_size)
+    manifest = Manifest(name="dogs", version="v1", arch=Architecture(depth=18), class_names=("a", "b"),
+                        preprocess=Preprocessing.preset("imagenet"), weights={"fp32": entry}, trained=False)
+    store.write_bytes(manifest_key("dogs", "v1"), manifest.to_json().encode())
+
+
+def weights_get(method: str, path: str) -> bool:
+    return method == "GET" and path.split("?")[0].endswith("/model.safetensors")
+
+
+def test_sync_rides_out_transient_5xx(faulty: Callable[..., FaultProxy], tmp_path: Path) -> None:
+    # GIVEN a version in S3, and S3 failing the first two GETs of its weights with 500
+    _upload_version(tmp_path)
+    proxy = faulty(status=500, code="InternalError", message="We encountered an internal error.", failures=2,
+                   matches=weights_get)
+    # WHEN it is synced
+    result = sync_version("s3://models", "dogs", tmp_path / "root", version="v1", progress=False)
+    # THEN the failures were retried and the version is complete and verified
+    assert proxy.injected == 2 and result.downloaded
+    verify_version_dir(result.directory, name="dogs", checksums=True)
+
+
+def test_sync_through_persistent_5xx_fails_with_one_line_and_leaves_nothing(
+        faulty: Callable[..., FaultProxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a version in S3 whose weights GET always fails with 503 SlowDown, and 2 attempts allowed
+    _upload_version(tmp_path)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    proxy = faulty(status=503, code="SlowDown", message="Please reduce your request rate.", failures=-1,
+                   matches=weights_get)
+    root = tmp_path / "root"
+    # WHEN the CLI syncs it
+    status = main(["sync", "--store", "s3://models", "--name", "dogs", "--version", "v1", "--root", str(root),
+                   "-q"])
+    # THEN exit 1 with one line naming the object, the error and the attempts; no version, no leftovers
+    assert status == 1 and proxy.injected == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: s3://models/dogs/v1/model.safetensors: "
+        "SlowDown (Please reduce your request rate.) after 2 attempts"
+    ]
+    assert local_versions(root, "dogs") == []
+    assert list((root / "dogs" / ".incoming").iterdir()) == []

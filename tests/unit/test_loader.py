@@ -176,7 +176,8 @@ def test_unknown_variant_is_refused(root: Path) -> None:
         load(root, "dogs", version="v1", variant="int4")
 
 
-def test_known_variant_absent_from_the_version_is_refused(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_known_variant_absent_from_the_version_is_refused(root: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a breedserve that knows an extra variant, and a version published without it
     monkeypatch.setitem(VARIANT_LOADERS, "int8", VARIANT_LOADERS["fp32"])
     # WHEN that variant is asked for / THEN the error lists the variants the version has
@@ -197,8 +198,8 @@ def test_half_precision_weights_in_the_fp32_slot_are_refused(tmp_path: Path,
                                                              reference: tuple[torch.nn.Module, Path]) -> None:
     # GIVEN fp16 weights published as the fp32 variant
     half = tmp_path / "half.safetensors"
-    save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in reference[0].state_dict().items()},
-                     half)
+    state = reference[0].state_dict()
+    save_safetensors({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, half)
     install_version(tmp_path / "root", half)
     # WHEN loaded / THEN VariantError naming the dtype
     with pytest.raises(VariantError, match="fp32 variant but holds torch.float16"):
@@ -210,6 +211,7 @@ def test_loading_never_imports_torchvision(root: Path) -> None:
     code = ("import sys; from model_store.loader import load; "
             f"load({str(root)!r}, 'dogs', alias='prod'); print('torchvision' in sys.modules)")
     # WHEN it loads a model / THEN torchvision was never imported
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""Unit tests for model_store.store: URI validation, key layout, the file store, progress, S3 error mapping."""
+"""Unit tests for model_store.store: URIs, key layout, the file store, progress, S3 error mapping."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_s3_store_without_prefix_uses_bucket_root() -> None:
 )
 def test_invalid_store_uris_are_refused_clearly(uri: str, says: str) -> None:
     # GIVEN a URI that is not file:///abs or s3://bucket/prefix / WHEN opened / THEN a StoreError says why
-    with pytest.raises(StoreError, match=None) as caught:
+    with pytest.raises(StoreError) as caught:
         open_store(uri)
     assert says in str(caught.value)
 
@@ -190,7 +190,8 @@ def test_file_store_round_trip(store: FileStore, tmp_path: Path) -> None:
     assert not (store.root / "dogs").exists()  # emptied directories go too
 
 
-def test_file_store_write_is_atomic_when_interrupted(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_store_write_is_atomic_when_interrupted(store: FileStore,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN an existing object
     store.write_bytes("dogs/aliases/prod.json", b'{"version": "v1"}')
 
@@ -248,11 +249,11 @@ def test_progress_line_is_silent_when_stderr_is_not_a_terminal() -> None:
 def test_progress_line_when_asked_shows_done_total_and_rate() -> None:
     # GIVEN progress asked for explicitly / WHEN 2 MB of 4 MB move and the line closes
     stream = io.StringIO()
-    with ProgressLine("dogs/v1 model.safetensors", 4_000_000, stream=stream, enabled=True, interval=0) as line:
+    with ProgressLine("dogs/v1 weights", 4_000_000, stream=stream, enabled=True, interval=0) as line:
         line(2_000_000)
     # THEN one updating line shows MB done / total and MB/s, ending with a newline
     text = stream.getvalue()
-    assert text.startswith("\rdogs/v1 model.safetensors  2.0/4.0 MB") and "MB/s" in text
+    assert text.startswith("\rdogs/v1 weights  2.0/4.0 MB") and "MB/s" in text
     assert text.endswith("\n") and text.count("\n") == 1
 
 
