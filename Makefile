@@ -12,7 +12,7 @@ MODEL_VERSION ?= demo-1
 PORT ?= 9000
 IMAGES ?=
 
-.PHONY: install demo serve test test-fast image image-test bench lint clean
+.PHONY: install demo serve test image image-setup image-test bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,26 @@ serve: install
 	$(PY) -m emulator demo --prepare-only --workdir $(WORK) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION)
 	$(PY) -m emulator serve --port $(PORT) --model-root $(MODEL_ROOT) --model-name $(MODEL_NAME) --model-alias live
 
-test: install
-	$(PY) -m pytest -q
+# The container image: docker when a daemon answers, else podman (infra/image_setup.sh installs it).
+image: install
+	$(PY) -m infra.image build --tag breedserve:latest
+
+image-setup:
+	bash infra/image_setup.sh
+
+# Builds the local base and the repo's Dockerfile, then serves a prediction through the container.
+image-test: install image-setup
+	CI=$${CI:-true} $(PY) -m pytest -q tests/emulator/test_image.py
+
+# Latency (on the demo model) then cost; writes benchmarks/reports/.
+bench: install
+	$(PY) -m emulator demo --prepare-only --workdir $(WORK) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION)
+	$(PY) -m benchmarks latency --out benchmarks/reports --model-root $(MODEL_ROOT) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION)
+	$(PY) -m benchmarks cost --scenario benchmarks/scenarios/measured.toml --latency benchmarks/reports/latency.json --out benchmarks/reports
+
+# Every test, the container image included (image-setup first, so the image tests cannot skip).
+test: install image-setup
+	CI=$${CI:-true} $(PY) -m pytest -q
 
 clean:
 	rm -rf $(WORK) .pytest_cache

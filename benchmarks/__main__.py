@@ -33,6 +33,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                        "monthly cost and cost per 1M requests: Lambda vs SageMaker for one scenario"),
     "latency": Subcommand("benchmarks.latency",
                           "cold start, warm p50/p90/p99 per step, roofline and targets: latency.json + .md"),
+    "load": Subcommand("benchmarks.load",
+                       "mixed photos with 5%% hostile inputs through 2 emulated runtimes: 5xx, restarts, RSS, p99/p50"),
 }
 
 

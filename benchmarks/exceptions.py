@@ -25,3 +25,7 @@ class LatencyFileError(BenchmarkError):
 
 class LatencyBenchmarkError(BenchmarkError):
     """The latency benchmark cannot measure: no model, a failed child process, or a failed request."""
+
+
+class LoadBenchmarkError(BenchmarkError):
+    """The load benchmark cannot run (no model, emulator failure) or a load criterion was not met."""

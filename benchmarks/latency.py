@@ -62,7 +62,7 @@ REPORT_JSON = "latency.json"
 REPORT_MD = "latency.md"
 DEFAULT_OUT = Path("benchmarks/reports")
 LARGEST_IMAGE = "4mp"
-DEFAULT_CHOICE = "default"  # an emulator start without MODEL_VARIANT, as deployed
+DEFAULT_CHOICE = "unset"  # MODEL_VARIANT of an emulator start as deployed: the handler picks
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ class LatencyRun:
     def _record_cold(self, cold: ColdSample, step: SizeStep, *, requested: str | None) -> None:
         self.emulator_colds.append({"memory_mb": step.memory_mb, "threads": step.threads,
                                     "requested": requested or DEFAULT_CHOICE, **cold.to_dict()})
-        asked = requested or f"{DEFAULT_CHOICE}: {cold.variant}"
+        asked = requested or f"MODEL_VARIANT unset: {cold.variant}"
         self.progress(f"emulator cold start ({step.memory_mb:,} MB, {asked}): init {cold.init_ms:,.0f} ms, "
                       f"first response after {cold.first_response_ms:,.0f} ms")
 
@@ -359,8 +359,9 @@ def _model(args: argparse.Namespace, scratch: Path, progress: Progress) -> Model
         model = existing_model(args.model_root, args.model_name, args.model_version)
         progress(f"model {model.name}/{model.version} from {model.root} ({model.manifest.arch.label})")
         return model
-    progress("publishing and syncing the demo ResNet-50 (133 classes) into a scratch model root")
-    model = demo_model(scratch)
+    progress("publishing and syncing the demo ResNet-50 (133 classes) and its faster variants into a scratch "
+             "model root")
+    model = demo_model(scratch, say=lambda message: progress(f"publish: {message}"))
     progress(f"model {model.name}/{model.version} ready in {model.root}")
     return model
 

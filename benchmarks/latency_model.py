@@ -7,6 +7,9 @@ model root, exactly as `make demo` does, so the weights sit on local disk as the
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from model_store.manifest import Manifest
 
 DEMO_NAME = "dogbreeds"
 DEMO_VERSION = "bench-demo"
+PUBLISH_LOGGER = "model_store.publish"  # where publish reports its steps
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,12 @@ def existing_model(root: Path, name: str, version: str) -> ModelRef:
     return ModelRef(Path(root), name, manifest.version, manifest, demo=False)
 
 
-def demo_model(workdir: Path) -> ModelRef:
-    """Publish the demo model into `workdir/store` and sync it into `workdir/models`."""
+def demo_model(workdir: Path, say: Callable[[str], None] | None = None) -> ModelRef:
+    """Publish the demo model into `workdir/store` and sync it into `workdir/models`.
+
+    Publishing makes the faster variants too (int8 calibration, graph timing), which takes a while;
+    `say` receives publish's own step messages meanwhile.
+    """
     from model_store.demo import publish_demo
     from model_store.sync import sync
 
@@ -60,9 +68,36 @@ def demo_model(workdir: Path) -> ModelRef:
     root = (workdir / "models").absolute()
     store.mkdir(parents=True, exist_ok=True)
     try:
-        publish_demo(store.as_uri(), DEMO_NAME, DEMO_VERSION)
+        with _forwarded(PUBLISH_LOGGER, say):
+            publish_demo(store.as_uri(), DEMO_NAME, DEMO_VERSION)
         directory = sync(store.as_uri(), DEMO_NAME, root, version=DEMO_VERSION, progress=False)
         manifest = read_local_manifest(directory, name=DEMO_NAME)
     except ModelStoreError as exc:
         raise LatencyBenchmarkError(f"cannot make the demo model in {workdir}: {exc}") from exc
     return ModelRef(root, DEMO_NAME, DEMO_VERSION, manifest, demo=True)
+
+
+class _SayHandler(logging.Handler):
+    def __init__(self, say: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say(record.getMessage())
+
+
+@contextmanager
+def _forwarded(logger_name: str, say: Callable[[str], None] | None) -> Iterator[None]:
+    """Pass a logger's INFO messages to `say` for the duration of a block."""
+    if say is None:
+        yield
+        return
+    logger = logging.getLogger(logger_name)
+    handler, level = _SayHandler(say), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -79,7 +79,9 @@ def _cold_start(report: LatencyReport) -> list[str]:
                      f"**{cold.init_ms:,.0f} ms**.")
     else:
         lines.append(f"Init: {cold.init_ms:,.0f} ms.")
-    lines += ["", "A fresh process, part by part (median over runs):", ""]
+    served = sorted({c.get("variant", "?") for c in colds.get("child") or []})
+    fresh = f"A fresh process ({', '.join(served) or 'variant unknown'}, as the loader chooses), part by part"
+    lines += ["", f"{fresh} (median over runs):", ""]
     lines += _table(("part", "ms"), ((part, _ms(ms)) for part, ms in cold.parts_ms.items()), "---|---:|")
     lines.append("")
     if report.peak_rss_mb is not None:

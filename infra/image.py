@@ -24,7 +24,6 @@ import json
 import os
 import platform as host_platform
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -122,7 +121,7 @@ def host_arch() -> str:
 def build_command(engine: str, tag: str, *, platform: str | None, build_args: Mapping[str, str],
                   volumes: Sequence[tuple[str, str]] = (), context: Path = REPO,
                   dockerfile: Path = DOCKERFILE) -> list[str]:
-    """The exact build command line, as data, so tests and `--dry-run` can read it."""
+    """The exact build command line, as data, so it can be checked without an engine."""
     if engine == "docker":
         if volumes:
             raise PushError("build-time bind mounts need podman; docker builds use the default base and PyPI")
@@ -199,7 +198,7 @@ def read_pip_config(python: str = sys.executable) -> dict[str, str]:
         if not match:
             continue
         scope, key, value = match.groups()
-        rank = {":env:": 2, "global": 0}.get(scope, 1)  # env > install/user/site > global
+        rank = {":env:": 2, "global": 0}.get(scope, 1)  # PIP_* > [install] and the like > [global]
         if key in _PIP_KEYS and rank >= found.get(key, (-1, ""))[0]:
             found[key] = (rank, value)
     return {key: value for key, (_, value) in found.items()}
@@ -219,13 +218,16 @@ def host_pip_settings(workdir: Path, *, python: str, arch: str,
     for key in ("index-url", "extra-index-url", "find-links"):
         if key not in config:
             continue
-        locations = config[key].split()
-        for location in locations:
+        locations = []
+        for location in config[key].split():
             local = _local_path(location)
             if local is not None and local.exists():
+                local = local.resolve()
                 # A PEP 503 index links its files relative to .../simple/<name>/: mount its parent.
                 mount = local.parent if local.name == "simple" else local
                 volumes[str(mount)] = str(mount)
+                location = local.as_uri() if location.startswith("file://") else str(local)
+            locations.append(location)
         lines.append(f"{key} = {' '.join(locations)}")
     if "trusted-host" in config:
         lines.append(f"trusted-host = {config['trusted-host']}")
@@ -402,12 +404,13 @@ def _require_tools(*tools: str) -> None:
 
 @contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive flock on `path`; never follows a symlink planted there (we may run as root)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _say(progress: bool, message: str) -> None:
@@ -416,22 +419,33 @@ def _say(progress: bool, message: str) -> None:
 
 
 def _run(command: Sequence[str], *, what: str, progress: bool, env: Mapping[str, str] | None = None) -> str:
-    """Run a command; stream its output when `progress`, else keep it for the error message."""
+    """Run a command and return its stdout; with `progress`, echo its output to stderr as it comes.
+
+    On failure the `PushError` carries the command's own last error line, so the one line the CLI
+    prints says what went wrong without scrolling back.
+    """
     try:
-        if progress:
-            completed = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, text=True,
-                                       env=env, check=False)
-            output = ""
-        else:
-            completed = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-            output = completed.stdout
+        process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT if progress else subprocess.PIPE,
+                                   text=True, env=env)
     except OSError as exc:
         raise PushError(f"{what} could not start: {exc}") from exc
-    if completed.returncode != 0:
-        tail = (completed.stderr or "").strip().splitlines()[-1:] if not progress else []
-        detail = f": {tail[0]}" if tail else " (its output is above)"
-        raise PushError(f"{what} failed with exit {completed.returncode}{detail}; command: "
-                        f"{shlex.join(command)}")
+    if progress:
+        lines: list[str] = []
+        for line in process.stdout or ():
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            lines = (lines + [line.rstrip()])[-50:]
+        process.wait()
+        output, errors = "", lines
+    else:
+        out, err = process.communicate()
+        output, errors = out, err.splitlines()
+    if process.returncode != 0:
+        meaningful = [line.strip() for line in errors if line.strip()]
+        flagged = [line for line in meaningful if line.lower().startswith(("error", "fatal", "e:"))]
+        detail = (flagged or meaningful or ["(no output)"])[-1]
+        raise PushError(f"{what} failed (exit {process.returncode}): {detail}")
     return output
 
 

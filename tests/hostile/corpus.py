@@ -29,7 +29,6 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -41,7 +40,6 @@ DEFAULT_TOP_K = 5
 ORIENTATION_TAG = 0x0112
 JSON = (("Content-Type", "application/json"),)
 JPEG_TYPE = (("Content-Type", "image/jpeg"),)
-OCTETS = (("Content-Type", "application/octet-stream"),)
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,6 @@ class HostileCase:
     payload: Any = None
     predictions: int | None = None
     batch: int | None = None  # a 200 batch answer: how many results
-
-    @property
-    def path(self) -> str:
-        return urlsplit(self.target).path
-
-    @property
-    def content_type(self) -> str | None:
-        return next((value for key, value in self.headers if key.lower() == "content-type"), None)
 
 
 # --- image makers --------------------------------------------------------------------------------
@@ -172,6 +162,29 @@ def gif_claiming(width: int, height: int) -> bytes:
         raise AssertionError("no image descriptor where the GIF should have one")
     data[offset + 5:offset + 9] = struct.pack("<HH", width, height)
     return bytes(data)
+
+
+def webp_claiming(width: int, height: int) -> bytes:
+    """A real lossless WebP whose VP8L header is rewritten to claim `width` x `height` (at most 16384)."""
+    data = bytearray(encode(photo((16, 16)), "WEBP", lossless=True))
+    at = data.find(b"VP8L") + 9  # chunk id, 4-byte size, then the 0x2F signature byte
+    bits = struct.unpack("<I", data[at:at + 4])[0]
+    bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
+    data[at:at + 4] = struct.pack("<I", bits)
+    return bytes(data)
+
+
+@functools.lru_cache(maxsize=1)
+def zlib_bomb(size: int = 50_000_000) -> bytes:
+    """`size` zero bytes, deflated: about 1/1000 of the size."""
+    packer = zlib.compressobj(9)
+    return packer.compress(bytes(size)) + packer.flush()
+
+
+def png_with_compressed_chunk(kind: bytes, keyword: bytes) -> bytes:
+    """A small valid PNG carrying a zTXt/iCCP chunk that inflates to 50 MB (a metadata bomb)."""
+    png = encode(photo((16, 16)), "PNG")
+    return png[:33] + png_chunk(kind, keyword + b"\x00\x00" + zlib_bomb()) + png[33:]  # after IHDR
 
 
 def zip_archive() -> bytes:
@@ -300,6 +313,9 @@ def _unserved_and_non_images() -> list[HostileCase]:
         bad("png-bomb-400-megapixels", png_bomb(), "image/png", 413, "image_too_large"),
         bad("jpeg-header-claims-60000x60000", jpeg_claiming(60000, 60000), "image/jpeg", 413, "image_too_large"),
         bad("gif-header-claims-65535x65535", gif_claiming(65535, 65535), "image/gif", 413, "image_too_large"),
+        bad("webp-header-claims-16384x16384", webp_claiming(16384, 16384), "image/webp", 413, "image_too_large"),
+        bad("png-ztxt-metadata-bomb", png_with_compressed_chunk(b"zTXt", b"Comment"), "image/png"),
+        bad("png-iccp-metadata-bomb", png_with_compressed_chunk(b"iCCP", b"icc"), "image/png"),
     ]
 
 
