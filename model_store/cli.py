@@ -211,8 +211,8 @@ def _cmd_publish(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from model_store.demo import publish_demo
 
-    manifest = publish_demo(args.store, args.name, args.version, alias=args.alias, variants=not args.fp32_only,
-                            progress=not args.quiet)
+    manifest = publish_demo(args.store, args.name, args.version, alias=args.alias,
+                            variants=not args.fp32_only, progress=not args.quiet)
     print(f"published {describe_manifest(manifest)} to {args.store}"
           + (f" (alias {args.alias})" if args.alias else ""))
     _print_variants(manifest)

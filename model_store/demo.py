@@ -18,9 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
 from PIL import Image, ImageDraw, ImageFilter
+from torch import nn
 
 from model_store.manifest import Architecture, Head, Manifest, Preprocessing, dog_breed_classes
 from model_store.resnet import build_model

@@ -227,8 +227,8 @@ def _load_int8(manifest: Manifest, weights_path: Path) -> nn.Module:
 
     engine = engine_of(manifest.weights["int8"].format)
     if engine is None:
-        raise VariantError(f"{weights_path}: the int8 variant has format {manifest.weights['int8'].format!r}, "
-                           "expected 'safetensors-int8-<engine>'")
+        raise VariantError(f"{weights_path}: the int8 variant has format "
+                           f"{manifest.weights['int8'].format!r}, expected 'safetensors-int8-<engine>'")
     return load_int8(manifest.arch, manifest.num_classes, weights_path, engine)
 
 
@@ -242,7 +242,9 @@ def _load_graph(manifest: Manifest, weights_path: Path) -> nn.Module:
     return load_graph(weights_path, entry)  # verifies the very bytes it loads
 
 
-VARIANT_LOADERS: dict[str, VariantLoader] = {"fp32": _load_fp32, "int8": _load_int8, "fp32-graph": _load_graph}
+VARIANT_LOADERS: dict[str, VariantLoader] = {
+    "fp32": _load_fp32, "int8": _load_int8, "fp32-graph": _load_graph,
+}
 """variant name -> loader. Adding a variant is one entry here plus its manifest entry."""
 
 SELF_VERIFYING = frozenset({"fp32-graph"})
@@ -287,7 +289,8 @@ def load(root: Path | str, name: str, *, version: str | None = None, alias: str 
         )
     if chosen not in manifest.weights:
         raise VariantError(_missing_variant(manifest, chosen))
-    weights_path = verify_weights_file(directory, manifest.weights[chosen], checksum=chosen not in SELF_VERIFYING)
+    weights_path = verify_weights_file(directory, manifest.weights[chosen],
+                                       checksum=chosen not in SELF_VERIFYING)
     model = loader(manifest, weights_path)
     model.eval()
     return LoadedModel(model=model, manifest=manifest, directory=directory, variant=chosen)

@@ -94,8 +94,8 @@ def publish(
     if num_classes is not None:
         _step(progress, f"detected {_describe_arch(arch)} with {num_classes} outputs")
     return _check_and_upload(state_dict, store, name, version, arch=arch, class_names=class_names, spec=spec,
-                             trained=trained, source=str(source), metrics=metrics, alias=alias, progress=progress,
-                             variants=_VariantRequest(inputs, graph, int8_engine))
+                             trained=trained, source=str(source), metrics=metrics, alias=alias,
+                             progress=progress, variants=_VariantRequest(inputs, graph, int8_engine))
 
 
 def publish_state_dict(
@@ -122,10 +122,11 @@ def publish_state_dict(
     """
     _check_names(name, version, alias)
     spec = resolve_preprocessing(preprocess)
+    request = _VariantRequest(calibration_inputs(calibration, spec), graph, int8_engine)
     return _check_and_upload(state_dict, open_store(store_uri), name, version, arch=arch,
                              class_names=resolve_classes(class_names), spec=spec,
                              trained=trained, source=source, metrics=metrics, alias=alias, progress=progress,
-                             variants=_VariantRequest(calibration_inputs(calibration, spec), graph, int8_engine))
+                             variants=request)
 
 
 @dataclass(frozen=True)
@@ -161,23 +162,25 @@ def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name
                 say=lambda message: _step(progress, message))
             for variant in kept:
                 files[variant.name] = (WeightsFile(file=variant.path.name, format=variant.format,
-                                                   sha256=sha256_file(variant.path), size=variant.path.stat().st_size),
-                                       variant.path)
+                                                   sha256=sha256_file(variant.path),
+                                                   size=variant.path.stat().st_size), variant.path)
             all_metrics["variants"] = figures
             if refused:
                 all_metrics["refused_variants"] = refused
         manifest = Manifest(
             name=name, version=version, arch=arch, class_names=class_names, preprocess=spec,
-            weights={variant: file_entry for variant, (file_entry, _) in files.items()}, trained=trained,
+            weights={key: file_entry for key, (file_entry, _) in files.items()}, trained=trained,
             source=source, metrics=all_metrics,
         )
-        for variant, (file_entry, path) in files.items():
+        for variant_name, (file_entry, path) in files.items():
             weights_key = version_key(name, version, file_entry.file)
-            _step(progress, f"uploading {variant} ({file_entry.size / 1e6:.1f} MB) to {store.describe(weights_key)}")
+            _step(progress, f"uploading {variant_name} ({file_entry.size / 1e6:.1f} MB) "
+                            f"to {store.describe(weights_key)}")
             store.put_file(weights_key, path, progress=True if progress else None)
     _refuse_existing(store, name, version)  # another publisher may have finished meanwhile
     store.write_bytes(manifest_key(name, version), manifest.to_json().encode("utf-8"))
-    _step(progress, f"published {name} {version} with {', '.join(manifest.weights)} (fp32 sha256 {entry.sha256[:12]}...)")
+    _step(progress, f"published {name} {version} with {', '.join(manifest.weights)} "
+                    f"(fp32 sha256 {entry.sha256[:12]}...)")
     if alias is not None:
         write_alias(store, name, alias, version)
         _step(progress, f"alias {alias} -> {version}")

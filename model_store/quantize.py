@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +128,7 @@ class QuantizableBlock(nn.Module):
             self.relu2 = nn.ReLU()
             self.conv3, self.bn3 = block.conv3, block.bn3
         self.downsample = block.downsample
-        self.skip_add_relu = nnq.FloatFunctional()
+        self.skip_add_relu: nnq.FloatFunctional | nnq.QFunctional = nnq.FloatFunctional()
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -153,14 +154,15 @@ class QuantizableResNet(nn.Module):
 
     def __init__(self, model: ResNet) -> None:
         super().__init__()
-        self.quant = torch.ao.quantization.QuantStub()
+        self.quant: nn.Module = torch.ao.quantization.QuantStub()
         self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
-        for index in range(1, 5):
-            layer: nn.Sequential = getattr(model, f"layer{index}")
-            setattr(self, f"layer{index}", nn.Sequential(*(QuantizableBlock(block) for block in layer)))
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            nn.Sequential(*(QuantizableBlock(cast(BasicBlock | Bottleneck, block)) for block in layer))
+            for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
+        )
         self.avgpool = model.avgpool
-        self.dequant = torch.ao.quantization.DeQuantStub()
-        self.fc = model.fc
+        self.dequant: nn.Module = torch.ao.quantization.DeQuantStub()
+        self.fc: nn.Module = model.fc
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.quant(x)))))
@@ -169,10 +171,9 @@ class QuantizableResNet(nn.Module):
         return self.fc(x)
 
     def blocks(self) -> Iterator[tuple[str, QuantizableBlock]]:
-        for index in range(1, 5):
-            layer: nn.Sequential = getattr(self, f"layer{index}")
+        for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
             for position, block in enumerate(layer):
-                yield f"layer{index}.{position}", block
+                yield f"layer{index}.{position}", cast(QuantizableBlock, block)
 
     def fusion_groups(self) -> list[list[str]]:
         groups = [["conv1", "bn1", "relu"]]
@@ -197,7 +198,7 @@ def quantize_static(model: ResNet, calibration: Iterable[Tensor], engine: str) -
         qmodel = QuantizableResNet(copy.deepcopy(model)).eval()
         fuse_modules(qmodel, qmodel.fusion_groups(), inplace=True)
         qmodel.qconfig = get_default_qconfig(engine)
-        qmodel.fc.qconfig = None  # the head stays fp32
+        qmodel.fc.qconfig = None  # type: ignore[assignment]  # the head stays fp32
         prepare(qmodel, inplace=True)
         seen = 0
         with torch.inference_mode():
@@ -221,11 +222,11 @@ def int8_tensors(qmodel: QuantizableResNet) -> tuple[dict[str, Tensor], str]:
             schemes.add(scheme)
             tensors[f"{name}.weight"] = weight.int_repr().contiguous()
             if scheme == _PER_CHANNEL:
-                tensors[f"{name}.weight_scale"] = weight.q_per_channel_scales().to(torch.float64).contiguous()
-                tensors[f"{name}.weight_zero_point"] = weight.q_per_channel_zero_points().to(torch.int64).contiguous()
+                scales, zero_points = weight.q_per_channel_scales(), weight.q_per_channel_zero_points()
             else:
-                tensors[f"{name}.weight_scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
-                tensors[f"{name}.weight_zero_point"] = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+                scales, zero_points = torch.tensor([weight.q_scale()]), torch.tensor([weight.q_zero_point()])
+            tensors[f"{name}.weight_scale"] = scales.to(torch.float64).contiguous()
+            tensors[f"{name}.weight_zero_point"] = zero_points.to(torch.int64).contiguous()
             bias = module.bias()
             if bias is not None:
                 tensors[f"{name}.bias"] = bias.detach().to(torch.float32).contiguous()
@@ -233,7 +234,7 @@ def int8_tensors(qmodel: QuantizableResNet) -> tuple[dict[str, Tensor], str]:
         elif isinstance(module, (nnq.Quantize, nnq.QFunctional)):
             _activation(tensors, name, module.scale, module.zero_point)
     for key, value in qmodel.fc.state_dict().items():
-        tensors[f"fc.{key}"] = value.detach().to(torch.float32).contiguous() if value.is_floating_point() else value
+        tensors[f"fc.{key}"] = value.detach().float().contiguous() if value.is_floating_point() else value
     if len(schemes) > 1:
         raise VariantError(f"mixed weight quantization schemes {sorted(schemes)}: expected one")
     return tensors, schemes.pop() if schemes else _PER_CHANNEL
@@ -294,9 +295,9 @@ def quantized_structure(arch: Architecture, num_classes: int) -> QuantizableResN
         conv = qmodel.get_submodule(group[0])
         assert isinstance(conv, nn.Conv2d)
         kind = nniq.ConvReLU2d if len(group) == 3 else nnq.Conv2d
-        _replace(qmodel, group[0], kind(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                                         padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                                         bias=True))
+        _replace(qmodel, group[0], kind(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                         stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                                         groups=conv.groups, bias=True))
         for name in group[1:]:
             _replace(qmodel, name, nn.Identity())
     qmodel.quant = nnq.Quantize(1.0, 0, torch.quint8)
@@ -347,7 +348,8 @@ def _fill(qmodel: QuantizableResNet, tensors: dict[str, Tensor], scheme: str, pa
     try:
         qmodel.fc.load_state_dict(head, strict=True, assign=True)
     except RuntimeError as exc:
-        raise ArchitectureError(f"{where}: the head does not fit: {str(exc).strip().splitlines()[0]}") from exc
+        first = str(exc).strip().splitlines()[0]
+        raise ArchitectureError(f"{where}: the head does not fit: {first}") from exc
     if tensors:
         extra = sorted(tensors)
         raise ArchitectureError(f"{where} holds tensors the architecture has no place for: "
@@ -362,7 +364,8 @@ def _take_activation(take: Callable[[str, torch.dtype], Tensor], name: str) -> t
     return float(scale[0]), int(zero_point[0])
 
 
-def _activation(tensors: dict[str, Tensor], name: str, scale: float | Tensor, zero_point: int | Tensor) -> None:
+def _activation(tensors: dict[str, Tensor], name: str, scale: float | Tensor,
+                zero_point: int | Tensor) -> None:
     tensors[f"{name}.scale"] = torch.tensor([float(scale)], dtype=torch.float64)
     tensors[f"{name}.zero_point"] = torch.tensor([int(zero_point)], dtype=torch.int64)
 

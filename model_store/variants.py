@@ -1,13 +1,11 @@
 """Faster weights variants of a version, made and judged at publish time, never at cold start.
 
-| variant      | file                      | format                      | published when                        |
-|--------------|---------------------------|-----------------------------|---------------------------------------|
-| `fp32`       | `model.safetensors`       | `safetensors`               | always                                |
-| `int8`       | `model-int8.safetensors`  | `safetensors-int8-<engine>` | calibration images were given, and on |
-|              |                           |                             | held-out images top-1 agreement with  |
-|              |                           |                             | fp32 >= 99% and top-5 overlap >= 95%  |
-| `fp32-graph` | `model-graph.torchscript` | `torchscript`               | asked for, and >= 10% faster than     |
-|              |                           |                             | eager fp32 when measured at publish   |
+- `fp32`: `model.safetensors`, format `safetensors`; always published.
+- `int8`: `model-int8.safetensors`, format `safetensors-int8-<engine>`; published when calibration
+  images were given and, on held-out ones, its top-1 agrees with fp32's on >= 99% of images and
+  its top-5 overlaps fp32's by >= 95%.
+- `fp32-graph`: `model-graph.torchscript`, format `torchscript`; published when asked for and
+  >= 10% faster than eager fp32, measured at publish.
 
 A variant that fails its gate is refused with a `VariantError` carrying the figures; publishing
 goes on without it (fp32 is always published). Each kept variant is saved, loaded back the way
@@ -92,7 +90,8 @@ class Agreement:
 def agreement(reference: Tensor, candidate: Tensor, k: int = 5) -> Agreement:
     """Compare two `[N, classes]` logit tensors: top-1 agreement and mean top-k overlap."""
     if reference.shape != candidate.shape or reference.dim() != 2 or reference.shape[0] == 0:
-        raise VariantError(f"cannot compare logits of shapes {list(reference.shape)} and {list(candidate.shape)}")
+        raise VariantError(f"cannot compare logits of shapes {list(reference.shape)} "
+                           f"and {list(candidate.shape)}")
     k = min(k, reference.shape[1])
     top1 = (reference.argmax(dim=1) == candidate.argmax(dim=1)).double().mean().item()
     ref_top, cand_top = reference.topk(k, dim=1).indices, candidate.topk(k, dim=1).indices
@@ -136,7 +135,7 @@ def split_calibration(inputs: Sequence[Tensor]) -> tuple[list[Tensor], list[Tens
 
 
 def _read_input(path: Path, spec: Preprocessing) -> Tensor:
-    """Decode as serving does (large JPEGs reduced toward the input size, EXIF orientation, RGB), preprocess."""
+    """Decode as serving does (large JPEGs reduced toward the input, EXIF orientation, RGB), preprocess."""
     width, height = draft_size(spec)
     try:
         with Image.open(path) as image:
@@ -240,16 +239,18 @@ def make_graph(model: ResNet, example: Tensor, workdir: Path, *, threads: int, s
     probe = torch.rand((2, *example.shape[1:]), generator=torch.Generator().manual_seed(1))
     expected, got = _logits(model, [*probe]), _logits(graph, [*probe])
     scale = max(1.0, expected.abs().max().item())
-    if not (got - expected).abs().max().item() <= 1e-3 * scale:
-        raise VariantError(f"the frozen graph's logits differ from eager by {(got - expected).abs().max().item():.2g}")
+    difference = (got - expected).abs().max().item()
+    if not difference <= 1e-3 * scale:
+        raise VariantError(f"the frozen graph's logits differ from eager by {difference:.2g}")
     timings = measure_ms({FP32: model, GRAPH: graph}, example, threads)
     speedup = timings[FP32] / timings[GRAPH]
     say(f"fp32-graph: {timings[GRAPH]:.1f} ms per image vs eager {timings[FP32]:.1f} ms "
         f"({speedup:.2f}x) at {threads} thread(s)")
     if speedup < MIN_GRAPH_SPEEDUP:
         path.unlink(missing_ok=True)
-        raise VariantError(f"{timings[GRAPH]:.1f} ms per image vs eager {timings[FP32]:.1f} ms is a {speedup:.2f}x "
-                           f"speed-up at {threads} thread(s); a graph is kept only from {MIN_GRAPH_SPEEDUP:.2f}x")
+        raise VariantError(f"{timings[GRAPH]:.1f} ms per image vs eager {timings[FP32]:.1f} ms is a "
+                           f"{speedup:.2f}x speed-up at {threads} thread(s); a graph is kept only from "
+                           f"{MIN_GRAPH_SPEEDUP:.2f}x")
     metrics = {"ms_per_image": timings[GRAPH], "speedup_vs_fp32": round(speedup, 3), "threads": threads,
                "fp32_ms_per_image": timings[FP32]}
     return VariantFile(GRAPH, path, GRAPH_FORMAT, metrics)

@@ -120,7 +120,8 @@ def published(trained: Trained, calibration_dir: Path,
     return manifest, root
 
 
-def test_int8_passes_the_gate_and_serves_after_sync(published: tuple[Manifest, Path], trained: Trained) -> None:
+def test_int8_passes_the_gate_and_serves_after_sync(published: tuple[Manifest, Path],
+                                                    trained: Trained) -> None:
     manifest, root = published
     # GIVEN the published manifest / THEN it lists int8 with its engine and the agreement it passed
     assert set(manifest.weights) == {"fp32", "int8", "fp32-graph"}
@@ -156,7 +157,8 @@ def test_broken_calibration_refuses_int8_but_publishes_fp32(trained: Trained, tm
     assert not (tmp_path / NAME / "v1" / variants.VARIANT_FILES["int8"]).exists()
 
 
-def test_model_variant_chooses_and_the_answer_names_it(published: tuple[Manifest, Path], trained: Trained) -> None:
+def test_model_variant_chooses_and_the_answer_names_it(published: tuple[Manifest, Path],
+                                                       trained: Trained) -> None:
     _, root = published
     photo = io.BytesIO()
     trained.fresh[0].save(photo, "PNG")
@@ -166,7 +168,8 @@ def test_model_variant_chooses_and_the_answer_names_it(published: tuple[Manifest
     try:
         for variant in ("", "fp32", "fp32-graph"):
             # GIVEN a handler configured with MODEL_VARIANT (empty: the default)
-            environ = {"MODEL_ROOT": str(root), "MODEL_NAME": NAME, "MODEL_VERSION": "v1", "MODEL_VARIANT": variant}
+            environ = {"MODEL_ROOT": str(root), "MODEL_NAME": NAME, "MODEL_VERSION": "v1",
+                       "MODEL_VARIANT": variant}
             telemetry = Telemetry(service=f"variant-test-{uuid.uuid4().hex[:8]}", stream=io.StringIO())
             service = Service.from_env(environ, telemetry=telemetry)
             # WHEN a direct invocation is answered

@@ -36,7 +36,8 @@ def fp32_model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def int8_file(fp32_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+def int8_file(fp32_model: torch.nn.Module,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     """A quantized ResNet-18 and its int8 safetensors file."""
     quantized = quantize_static(fp32_model, [probe(8, 0)], quantize.default_engine())
     path = tmp_path_factory.mktemp("int8") / "model-int8.safetensors"
@@ -47,7 +48,8 @@ def int8_file(fp32_model: torch.nn.Module, tmp_path_factory: pytest.TempPathFact
 def manifest_with(*names: str, engine: str = "x86") -> Manifest:
     """A manifest listing the given variants (files need not exist: only the choice is tested)."""
     formats = {"fp32": "safetensors", "int8": int8_format(engine), "fp32-graph": GRAPH_FORMAT}
-    weights = {name: WeightsFile(file=f"{name}.bin", format=formats[name], sha256=SHA, size=1) for name in names}
+    weights = {name: WeightsFile(file=f"{name}.bin", format=formats[name], sha256=SHA, size=1)
+               for name in names}
     return Manifest(name="dogs", version="v1", arch=ARCH, class_names=tuple("abcde"),
                     preprocess=Preprocessing(size=(SIZE, SIZE)), weights=weights, trained=True)
 
@@ -65,7 +67,8 @@ def test_agreement_counts_top1_matches_and_topk_overlap() -> None:
     # WHEN compared with k=5, and with a candidate that also drops a top-5 class
     same_set = variants.agreement(reference, candidate)
     dropped = variants.agreement(reference, torch.tensor([[5.0, 4, 3, 2, -1, 0], [0.0, 1, 2, 3, 4, 5]]))
-    # THEN top-1 agrees on 1 of 2 images while the top-5 sets are equal; a dropped class costs 1/5 of one image
+    # THEN top-1 agrees on 1 of 2 images while the top-5 sets are equal;
+    # a dropped class costs 1/5 of one image
     assert (same_set.top1, same_set.top5, same_set.k, same_set.images) == (0.5, 1.0, 5, 2)
     assert not same_set.passes
     assert dropped.top1 == 1.0 and dropped.top5 == pytest.approx(0.9)
@@ -149,7 +152,8 @@ def test_verified_graph_computes_what_eager_computes(fp32_model: torch.nn.Module
 def test_graph_that_is_not_10_percent_faster_is_not_kept(
         fp32_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a measurement where the graph is only 5% faster than eager
-    monkeypatch.setattr(variants, "measure_ms", lambda models, example, threads: {"fp32": 10.5, "fp32-graph": 10.0})
+    monkeypatch.setattr(variants, "measure_ms",
+                        lambda models, example, threads: {"fp32": 10.5, "fp32-graph": 10.0})
     # WHEN the graph variant is made / THEN it is refused with the figures and its file removed
     with pytest.raises(VariantError, match=r"1\.05x speed-up.*from 1\.10x"):
         variants.make_graph(fp32_model, probe(1, 0), tmp_path, threads=2, say=lambda message: None)
@@ -159,7 +163,8 @@ def test_graph_that_is_not_10_percent_faster_is_not_kept(
 def test_graph_that_is_faster_is_kept_with_its_speedup(
         fp32_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a measurement where the graph takes 8 ms and eager 10 ms
-    monkeypatch.setattr(variants, "measure_ms", lambda models, example, threads: {"fp32": 10.0, "fp32-graph": 8.0})
+    monkeypatch.setattr(variants, "measure_ms",
+                        lambda models, example, threads: {"fp32": 10.0, "fp32-graph": 8.0})
     # WHEN the graph variant is made / THEN it is kept, with the speed-up recorded
     kept = variants.make_graph(fp32_model, probe(1, 0), tmp_path, threads=2, say=lambda message: None)
     assert kept.format == GRAPH_FORMAT and kept.path.is_file()
@@ -198,7 +203,8 @@ def test_too_few_or_missing_calibration_images_are_refused(tmp_path: Path) -> No
 def test_a_variant_failing_its_gate_is_refused_with_its_figures(
         fp32_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN an int8 network that agrees with fp32 on 97% of held-out images (the real case: functional tests)
-    monkeypatch.setattr(variants, "agreement", lambda reference, candidate: variants.Agreement(100, 0.97, 0.99, 5))
+    monkeypatch.setattr(variants, "agreement",
+                        lambda reference, candidate: variants.Agreement(100, 0.97, 0.99, 5))
     # WHEN the variants are built with calibration inputs
     kept, figures, refused = variants.build_variants(
         fp32_model.state_dict(), ARCH, CLASSES, probe(1, 0), tmp_path, calibration=[*probe(8, 3)], threads=1)
