@@ -20,6 +20,7 @@ variant, `choose_variant` takes the fastest one present that this machine can ru
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 VERSIONS_DIR = "versions"
+log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "fp32"
 VARIANT_PREFERENCE = ("int8", "fp32-graph", "fp32")
 """Without MODEL_VARIANT: the first of these a version has and this machine runs (fastest first)."""
@@ -265,23 +267,40 @@ def runnable(manifest: Manifest, variant: str) -> bool:
 
 def choose_variant(manifest: Manifest, requested: str | None = None) -> str:
     """`requested` as is (checked by `load`), else the fastest variant present that runs here."""
+    return candidate_variants(manifest, requested)[0]
+
+
+def candidate_variants(manifest: Manifest, requested: str | None = None) -> list[str]:
+    """What `load` tries, in order: the requested variant alone, else every runnable one, fastest first."""
     if requested:
-        return requested
-    return next((v for v in VARIANT_PREFERENCE if runnable(manifest, v)), DEFAULT_VARIANT)
+        return [requested]
+    return [v for v in VARIANT_PREFERENCE if runnable(manifest, v)] or [DEFAULT_VARIANT]
 
 
 def load(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
          variant: str | None = None) -> LoadedModel:
     """Load `name` (by version or alias) from a model root, verified, in eval mode.
 
-    `variant` None means the fastest the version offers and this machine runs (`choose_variant`).
+    `variant` None means the fastest the version offers and this machine runs (`choose_variant`);
+    should that one fail to load (a damaged file, say), the next fastest is tried, and the failure
+    is logged. A named variant is that variant or an error.
 
     Raises VersionNotFoundError, ManifestError, VariantError, ChecksumError or ArchitectureError,
     each naming the file and what is wrong with it.
     """
     directory = resolve_version_dir(root, name, version=version, alias=alias)
     manifest = read_local_manifest(directory, name=name)
-    chosen = choose_variant(manifest, variant)
+    candidates = candidate_variants(manifest, variant)
+    for chosen in candidates[:-1]:
+        try:
+            return _load_variant(manifest, directory, chosen)
+        except (ChecksumError, VariantError, ArchitectureError) as exc:
+            log.warning("the %s variant of %s/%s cannot be loaded, trying the next fastest: %s",
+                        chosen, manifest.name, manifest.version, exc)
+    return _load_variant(manifest, directory, candidates[-1])
+
+
+def _load_variant(manifest: Manifest, directory: Path, chosen: str) -> LoadedModel:
     loader = VARIANT_LOADERS.get(chosen)
     if loader is None:
         raise VariantError(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import random
+import shutil
 import subprocess
 import sys
 import uuid
@@ -183,8 +185,21 @@ def test_model_variant_chooses_and_the_answer_names_it(published: tuple[Manifest
     assert len({body["predictions"][0]["index"] for body in answers.values()}) == 1
 
 
+def damaged_copy(root: Path, tmp_path: Path, variant: str) -> Path:
+    """A copy of the model root whose `variant` file has one byte changed (same size)."""
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy, symlinks=True)
+    path = copy / NAME / "versions" / "v1" / variants.VARIANT_FILES[variant]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    return copy
+
+
 def test_graph_variant_matches_fp32_and_a_tampered_copy_is_never_loaded(
-        published: tuple[Manifest, Path], trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+        published: tuple[Manifest, Path], trained: Trained, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
     _, root = published
     # GIVEN the synced graph variant / WHEN loaded / THEN it computes fp32's logits
     graph = Classifier.from_root(root, NAME, version="v1", variant="fp32-graph")
@@ -192,17 +207,27 @@ def test_graph_variant_matches_fp32_and_a_tampered_copy_is_never_loaded(
     with torch.inference_mode():
         assert torch.allclose(graph.predict(probe), trained.model(probe), atol=1e-4)
     # GIVEN the graph file changed on disk (same size)
-    path = root / NAME / "versions" / "v1" / variants.VARIANT_FILES["fp32-graph"]
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0x01
-    path.chmod(0o644)
-    path.write_bytes(bytes(data))
+    root = damaged_copy(root, tmp_path, "fp32-graph")
     calls: list[object] = []
     monkeypatch.setattr(graph_module.torch.jit, "load", lambda *args, **kwargs: calls.append(args))
     # WHEN it is loaded again / THEN the checksum refuses it and no TorchScript was loaded
     with pytest.raises(ChecksumError, match="sha256"):
         load(root, NAME, version="v1", variant="fp32-graph")
     assert calls == []
+
+
+def test_a_damaged_default_variant_falls_back_to_the_next_fastest(
+        published: tuple[Manifest, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a root whose int8 file is damaged
+    root = damaged_copy(published[1], tmp_path, "int8")
+    # WHEN loaded without naming a variant / THEN the next fastest (the graph) serves, and the failure is logged
+    with caplog.at_level(logging.WARNING, logger="model_store.loader"):
+        loaded = load(root, NAME, version="v1")
+    assert loaded.variant == "fp32-graph"
+    assert "the int8 variant of colours/v1 cannot be loaded" in caplog.text and "sha256" in caplog.text
+    # AND naming int8 explicitly is an error, not a silent fallback
+    with pytest.raises(ChecksumError):
+        load(root, NAME, version="v1", variant="int8")
 
 
 def test_cli_publish_with_calibration_reports_the_variants(trained: Trained, calibration_dir: Path,

@@ -168,7 +168,7 @@ def test_predict_recorded_jpeg_event(service: Service) -> None:
     assert set(body) == {"predictions", "model", "timing_ms", "warning"}
     assert body["warning"] == UNTRAINED_WARNING
     assert body["model"] == {"name": NAME, "version": "v1", "variant": "fp32"}
-    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "total", "variant"}
     predictions = body["predictions"]
     assert [set(p) for p in predictions] == [{"index", "label", "probability"}] * 3
     probabilities = [p["probability"] for p in predictions]
@@ -506,7 +506,7 @@ def test_one_log_line_per_request_without_payloads_or_credentials(service: Servi
     assert [line["request_id"] for line in lines] == ["first", "second"]
     assert lines[0]["status"] == 200 and lines[0]["method"] == "POST" and lines[0]["path"] == "/predict"
     assert lines[0]["model_version"] == "v1" and set(lines[0]["timing_ms"]) == {"decode", "preprocess",
-                                                                              "inference", "total"}
+                                                                              "inference", "total", "variant"}
     assert lines[0]["cold_start"] is True and lines[1]["cold_start"] is False
     # ...and nothing of the body, the signature or the caller's identity anywhere in the log
     text = log_stream.getvalue()

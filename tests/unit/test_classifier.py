@@ -84,7 +84,7 @@ def test_classify_ranks_the_right_class_first(classifier: Classifier) -> None:
     assert probabilities == sorted(probabilities, reverse=True)
     assert math.isclose(sum(probabilities), 1.0, rel_tol=1e-9)
     assert body["model"] == {"name": "tiny", "version": "v1", "variant": "fp32"}
-    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "total"}
+    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "total", "variant"}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] > 0
     assert "warning" not in body and "logits" not in body
 
