@@ -20,9 +20,12 @@ variant, `choose_variant` takes the fastest one present that this machine can ru
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -158,8 +161,13 @@ def read_local_manifest(directory: Path, *, name: str | None = None, version: st
     return manifest
 
 
-def verify_weights_file(directory: Path, weights: WeightsFile, *, checksum: bool = True) -> Path:
-    """Check one weights file's size (always) and sha256 (when `checksum`); ChecksumError if either is off."""
+def verify_weights_file(directory: Path, weights: WeightsFile, *, checksum: bool = True,
+                        reuse_digest: bool = False) -> Path:
+    """Check one weights file's size (always) and sha256 (when `checksum`); ChecksumError if either is off.
+
+    `reuse_digest` takes the sha256 this process already computed for the same file (same inode,
+    size and modification time), e.g. by `prefetch` while torch was importing.
+    """
     path = Path(directory) / weights.file
     try:
         size = path.stat().st_size
@@ -170,9 +178,12 @@ def verify_weights_file(directory: Path, weights: WeightsFile, *, checksum: bool
             f"{path} is {size} bytes but the manifest records {weights.size} (truncated or replaced)"
         )
     if checksum:
-        from model_store.weights import sha256_file  # imports torch: only when a checksum is wanted
+        if reuse_digest:
+            digest = _DIGESTS.digest(path)
+        else:
+            from model_store.weights import sha256_file  # imports torch: only when a checksum is wanted
 
-        digest = sha256_file(path)
+            digest = sha256_file(path)
         if digest != weights.sha256:
             raise ChecksumError(f"{path} has sha256 {digest} but the manifest records {weights.sha256}")
     return path
@@ -309,7 +320,7 @@ def _load_variant(manifest: Manifest, directory: Path, chosen: str) -> LoadedMod
     if chosen not in manifest.weights:
         raise VariantError(_missing_variant(manifest, chosen))
     weights_path = verify_weights_file(directory, manifest.weights[chosen],
-                                       checksum=chosen not in SELF_VERIFYING)
+                                       checksum=chosen not in SELF_VERIFYING, reuse_digest=True)
     model = loader(manifest, weights_path)
     model.eval()
     return LoadedModel(model=model, manifest=manifest, directory=directory, variant=chosen)
@@ -318,3 +329,72 @@ def _load_variant(manifest: Manifest, directory: Path, chosen: str) -> LoadedMod
 def _missing_variant(manifest: Manifest, variant: str) -> str:
     return (f"{manifest.name}/{manifest.version} has no {variant!r} weights; "
             f"it has {', '.join(sorted(manifest.weights))}")
+
+
+# --- prefetch: overlap the weights read with torch's import ----------------------------------
+
+class _DigestCache:
+    """sha256 per file, computed once per process; a caller asking while it is computed waits for it.
+
+    A digest is bound to the file's inode, size and modification time, so a file replaced or
+    rewritten since is hashed again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int, int], Future[str]] = {}
+
+    def digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            future = self._digests.get(key)
+            owner = future is None
+            if future is None:
+                future = self._digests[key] = Future()
+        if owner:
+            try:
+                with path.open("rb") as stream:
+                    future.set_result(hashlib.file_digest(stream, "sha256").hexdigest())
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, re-raised below
+                with self._lock:
+                    del self._digests[key]
+                future.set_exception(exc)
+        return future.result()
+
+
+_DIGESTS = _DigestCache()
+
+
+def prefetch(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
+             variant: str | None = None) -> threading.Thread:
+    """Read and hash the weights file a coming `load` will verify, in a daemon thread.
+
+    `import torch` takes a second or more on one CPU; a Lambda function has at least two, and its
+    weights may sit on EFS, where the first read is the slow part. Started before torch is
+    imported, this reads the file (into the page cache) and computes its sha256 meanwhile; `load`
+    then finds the digest ready. It never raises: `load` reports every problem itself. Without
+    torch it cannot tell whether int8 runs on this CPU, so it takes the fastest variant present.
+    """
+
+    def run() -> None:
+        try:
+            directory = resolve_version_dir(root, name, version=version, alias=alias)
+            manifest = read_local_manifest(directory, name=name)
+            wanted = variant or next((v for v in VARIANT_PREFERENCE if v in manifest.weights), DEFAULT_VARIANT)
+            entry = manifest.weights.get(wanted)
+            if entry is None:
+                return
+            path = directory / entry.file
+            if wanted in SELF_VERIFYING:  # its loader hashes the bytes it loads: only warm the page cache
+                with path.open("rb") as stream:
+                    while stream.read(1 << 20):
+                        pass
+            else:
+                _DIGESTS.digest(path)
+        except Exception as exc:  # noqa: BLE001 - a prefetch only saves time; the load says what is wrong
+            log.debug("weights prefetch skipped: %s", exc)
+
+    thread = threading.Thread(target=run, name="breedserve-weights-prefetch", daemon=True)
+    thread.start()
+    return thread

@@ -2,6 +2,7 @@
 
 `import torch` is most of a cold start; what serving adds must not pull in torchvision (about
 1.3 s, it imports `torch._dynamo`), the compiler stack, sympy or boto3, whichever variant is loaded.
+The weights are read and hashed while torch imports (`model_store.loader.prefetch`), once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model_store import variants
+from model_store import loader, variants
+from model_store.exceptions import ChecksumError
 from model_store.manifest import Architecture, Preprocessing
 from model_store.publish import publish_state_dict
 from model_store.resnet import build_model
@@ -72,3 +75,35 @@ def test_the_handler_imports_nothing_heavy_whatever_variant_it_serves(root: Path
     assert result["body"]["model"]["variant"] == expected, result["body"]
     assert result["body"]["timing_ms"]["variant"] == expected
     assert result["heavy"] == []
+
+
+def test_a_prefetched_digest_is_reused_by_the_load(root: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a copy of the model root and a count of the files hashed
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy, symlinks=True)
+    hashed: list[str] = []
+    real = loader.hashlib.file_digest
+    monkeypatch.setattr(loader.hashlib, "file_digest",
+                        lambda stream, name: (hashed.append(stream.name), real(stream, name))[1])
+    # WHEN the weights are prefetched (as handler.app does before importing torch), then loaded
+    loader.prefetch(copy, NAME, version="v1").join(timeout=60)
+    loaded = loader.load(copy, NAME, version="v1")
+    # THEN the int8 file was hashed once, by the prefetch, and the load used that digest
+    assert loaded.variant == "int8"
+    assert [Path(name).name for name in hashed] == [variants.VARIANT_FILES["int8"]]
+
+
+def test_a_file_changed_after_its_prefetch_is_still_refused(root: Path, tmp_path: Path) -> None:
+    # GIVEN a prefetched int8 file, rewritten afterwards with one byte changed (same size)
+    copy = tmp_path / "models"
+    shutil.copytree(root, copy, symlinks=True)
+    loader.prefetch(copy, NAME, version="v1").join(timeout=60)
+    path = copy / NAME / "versions" / "v1" / variants.VARIANT_FILES["int8"]
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    # WHEN int8 is loaded / THEN the new bytes are hashed and refused
+    with pytest.raises(ChecksumError, match="sha256"):
+        loader.load(copy, NAME, version="v1", variant="int8")
