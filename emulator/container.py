@@ -44,7 +44,7 @@ def detect_engine(preference: str = "auto") -> str:
             return "docker"
     if shutil.which("podman") is not None:
         return "podman"
-    raise ContainerEngineError("--image needs a container engine: no docker daemon answers `docker info` "
+    raise ContainerEngineError("no container engine: no docker daemon answers `docker info` "
                                "and podman is not installed")
 
 

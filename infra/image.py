@@ -82,22 +82,14 @@ class HostPip:
 
 
 def detect_engine() -> str:
-    """`docker` when a daemon answers `docker info`, else `podman` when installed.
+    """`docker` when a daemon answers `docker info`, else `podman` (the emulator's rule, one place)."""
+    from emulator.container import detect_engine as detect
+    from emulator.exceptions import ContainerEngineError
 
-    A docker CLI without a daemon is common (CI images ship the client); only an answer counts.
-    """
-    if shutil.which("docker"):
-        try:
-            answered = subprocess.run(["docker", "info"], check=False, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, timeout=20).returncode == 0
-        except subprocess.TimeoutExpired:
-            answered = False
-        if answered:
-            return "docker"
-    if shutil.which("podman"):
-        return "podman"
-    raise PushError("no container engine: no docker daemon answers and podman is not installed "
-                    "(run infra/image_setup.sh)")
+    try:
+        return detect("auto")
+    except ContainerEngineError as exc:
+        raise PushError(f"{exc} (run infra/image_setup.sh)") from exc
 
 
 def normalize_platform(platform: str | None) -> str | None:
