@@ -69,6 +69,7 @@ class TargetFigures:
     peak_rss_mb: float | None
     batch_speedup: float | None  # single-request ms per image / batch ms per image
     batch_size: int | None
+    batch_variant: str | None = None  # the variant served by default, which the batch ran
 
 
 def evaluate(f: TargetFigures) -> tuple[Target, ...]:
@@ -81,13 +82,14 @@ def evaluate(f: TargetFigures) -> tuple[Target, ...]:
     rows.append(Target("cold start: runtime start to first response", f.cold_start_ms, COLD_START_MS, "ms", "<=",
                        "emulator, weights on local disk" if f.cold_start_ms is not None else "n/a: not measured"))
     rows.append(Target("peak RSS (cold start + largest photo)", f.peak_rss_mb, PEAK_RSS_MB, "MB", "<=",
-                       "ru_maxrss of a fresh process" if f.peak_rss_mb is not None else "n/a: not measured"))
+                       "VmHWM of a fresh process" if f.peak_rss_mb is not None else "n/a: not measured"))
     if f.batch_speedup is None:
         rows.append(Target("batch throughput per image vs single requests", None, BATCH_SPEEDUP, "x", ">=",
                            "n/a: the Classifier has no classify_batch"))
     else:
         rows.append(Target("batch throughput per image vs single requests", f.batch_speedup, BATCH_SPEEDUP, "x",
-                           ">=", f"batch of {f.batch_size}, 1mp photo"))
+                           ">=", f"batch of {f.batch_size}, 1mp photo"
+                           + (f", {f.batch_variant}" if f.batch_variant else "")))
     return tuple(rows)
 
 
