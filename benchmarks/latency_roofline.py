@@ -12,25 +12,14 @@ fp32 matmul could be, as int8 kernels can be).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from model_store.variants import torch_threads
+
 MATMUL_SIZE = 2048
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run a block with `threads` intra-op threads, restoring the previous count after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def matmul_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = 5) -> float:

@@ -264,7 +264,7 @@ def measure_ms(models: Mapping[str, Callable[[Tensor], Tensor]], example: Tensor
     whatever else runs slows every model's slow rounds, not their best ones.
     """
     best = {name: math.inf for name in models}
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         for _ in range(_TIMING_WARMUP):
             for fn in models.values():
                 fn(example)
@@ -293,7 +293,8 @@ def _batches(inputs: Sequence[Tensor]) -> Iterator[Tensor]:
 
 
 @contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with `threads` intra-op threads, restoring the previous count after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
