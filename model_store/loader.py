@@ -181,7 +181,7 @@ def verify_weights_file(directory: Path, weights: WeightsFile, *, checksum: bool
         if reuse_digest:
             digest = _DIGESTS.digest(path)
         else:
-            from model_store.weights import sha256_file  # imports torch: only when a checksum is wanted
+            from model_store.checksums import sha256_file
 
             digest = sha256_file(path)
         if digest != weights.sha256:

@@ -228,8 +228,8 @@ def make_int8(model: ResNet, arch: Architecture, num_classes: int, inputs: Seque
 
 def make_graph(model: ResNet, example: Tensor, workdir: Path, *, threads: int, say: Say) -> VariantFile:
     """Trace and freeze, check it computes what eager does, keep it only if >= 10% faster."""
+    from model_store.checksums import sha256_file
     from model_store.graph import GRAPH_FORMAT, load_graph, save_graph, trace_frozen
-    from model_store.weights import sha256_file
 
     say("fp32-graph: tracing and freezing a TorchScript graph")
     path = workdir / VARIANT_FILES[GRAPH]

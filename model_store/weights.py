@@ -12,7 +12,6 @@ its declared size is capped before reading.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -27,11 +26,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model_store.checksums import sha256_file
 from model_store.exceptions import SourceError, UnsafeWeightsError
+
+__all__ = ["read_state_dict", "save_safetensors", "sha256_file"]
 
 SAGEMAKER_MEMBER = "model.pth"
 MAX_MEMBER_BYTES = 4 * 1024**3
-_CHUNK = 1024 * 1024
 _WRAPPER_KEYS = ("state_dict", "model_state_dict")
 
 
@@ -80,15 +81,6 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path) -
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks so a large weights file never sits in memory twice."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
