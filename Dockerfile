@@ -1,4 +1,6 @@
-# breedserve's AWS Lambda container image: CPU-only torch, handler/ and model_store/, nothing else.
+# breedserve's AWS Lambda container image: ONNX Runtime and CPU-only torch, handler/ and
+# model_store/, nothing else. The int8 and fp32-graph variants run on ONNX Runtime and never
+# import torch; torch serves the fp32 variant only.
 #
 # Build (one architecture per image, as Lambda requires):
 #   docker buildx build --platform linux/amd64 --provenance=false -t breedserve:x86_64 --load .
@@ -6,7 +8,7 @@
 # or `make image` (docker when a daemon answers, else podman). docs/image.md has the details.
 #
 # Layers, largest and least often changed first, so a code change rebuilds and pushes kilobytes:
-#   torch (/opt/torch) | other pinned dependencies (/opt/venv) | handler/ + model_store/ (/var/task)
+#   torch (/opt/torch) | ONNX Runtime and the other pinned dependencies (/opt/venv) | handler/ + model_store/ (/var/task)
 # Every .py that serving imports is compiled at build time (unchecked-hash pycs): the root
 # filesystem is read-only at run time and Lambda only lets a function write under /tmp.
 # Needs BuildKit (docker 23+ default) or podman/buildah, for RUN --mount.
@@ -37,7 +39,10 @@ RUN /opt/venv/bin/pip --isolated install --no-cache-dir --no-compile --no-deps -
 # Everything else, pinned with all transitive dependencies, installed without resolution;
 # `pip check` then proves the set (torch included) is complete and consistent. torch's sympy,
 # networkx and setuptools are installed but not compiled: serving never imports them, and
-# compiling sympy alone costs a minute of build time.
+# compiling sympy alone costs a minute of build time. Dropped from ONNX Runtime: its
+# quantization, transformers and tools packages (9 MB, 290 modules), which only publishing
+# uses, on the publisher's machine with onnx (not in the image either); serving needs
+# onnxruntime.capi alone.
 # PIP_CONFIG_FILE lets a build point pip at a mirror, wheel directory or CA bundle.
 FROM python-base AS deps
 ARG PIP_CONFIG_FILE
@@ -45,10 +50,11 @@ COPY requirements-image.txt /tmp/requirements-image.txt
 RUN --mount=type=bind,from=torch,source=/opt/torch,target=/opt/torch \
     /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps --only-binary=:all: --progress-bar off \
         --requirement /tmp/requirements-image.txt \
-    && echo /opt/torch \
-        > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/breedserve-torch.pth" \
+    && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && echo /opt/torch > "${site}/breedserve-torch.pth" \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --quiet --yes pip \
+    && rm -rf "${site}/onnxruntime/quantization" "${site}/onnxruntime/transformers" "${site}/onnxruntime/tools" \
     && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
         -x '/site-packages/(sympy|mpmath|networkx|setuptools|pkg_resources)/' /opt/venv
 

@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 PATHS = ("emulator", "classifier")  # preference order: end to end through the Function URL first
 DEFAULT_IMAGE = "1mp"
 DEFAULT_VARIANT = "fp32"
+"""What a latency.json without `served_variant` (written before the ONNX variants) stands for."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ColdStart:
     init_ms: float
     first_response_ms: float | None = None
     parts_ms: Mapping[str, float] = field(default_factory=dict)
+    variant: str | None = None  # the weights variant that answered (None: not recorded)
+    engine: str | None = None  # what ran it: "onnxruntime" or "torch"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,13 @@ class LatencyReport:
     roofline: Mapping[str, Any] = field(default_factory=dict)
     targets: tuple[Mapping[str, Any], ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
+    # What the cost model prices by default: the variant the function serves without MODEL_VARIANT
+    # (its warm p50 and `cold_start`), the engine of each variant, the cold start of every other
+    # variant measured as deployed, and each variant's weights file (read from EFS per cold start).
+    served_variant: str | None = None
+    engines: Mapping[str, str] = field(default_factory=dict)
+    variant_cold_starts: Mapping[str, ColdStart] = field(default_factory=dict)
+    model_files_mb: Mapping[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +132,34 @@ def latency_from_dict(data: Any, where: str = "latency.json") -> LatencyReport:
         roofline=roofline,
         targets=tuple(targets),
         details=details,
+        served_variant=_optional_text(data, where, "served_variant"),
+        engines=_text_map(data.get("engines"), where, "engines"),
+        variant_cold_starts=_cold_starts(data.get("variant_cold_starts"), where),
+        model_files_mb=_number_map(data.get("model_files_mb"), where, "model_files_mb"),
     )
+
+
+def priced_variant(report: LatencyReport, variant: str | None = None) -> str:
+    """`variant` if given, else the one the function serves by default (fp32 for older files)."""
+    return variant or report.served_variant or DEFAULT_VARIANT
+
+
+def select_cold_start(report: LatencyReport, variant: str | None = None) -> ColdStart:
+    """The cold start of `variant` (default: the served one) as the emulator measured it.
+
+    A file from before variants were recorded has one cold start of unknown variant, which stands
+    for any (as it always did).
+    """
+    wanted = priced_variant(report, variant)
+    headline = report.cold_start
+    if headline is not None and headline.variant in (None, wanted):
+        return headline
+    found = report.variant_cold_starts.get(wanted)
+    if found is not None:
+        return found
+    measured = sorted({*report.variant_cold_starts, *([headline.variant] if headline and headline.variant else [])})
+    raise LatencyFileError(f"no cold start of variant {wanted!r} was measured (measured: "
+                           f"{', '.join(measured) or 'none'}); a full latency run measures every variant")
 
 
 def select_warm_result(
@@ -137,10 +174,11 @@ def select_warm_result(
 
     Lambda's CPU share grows with memory, so the measurement at the largest measured size not
     above `memory_mb` is a safe (never optimistic) stand-in for sizes that were not measured.
-    Without `path`, the emulator (end to end through the Function URL) is preferred.
+    Without `path`, the emulator (end to end through the Function URL) is preferred; without
+    `variant`, the variant the function serves by default (`priced_variant`).
     """
     image = image or DEFAULT_IMAGE
-    variant = variant or DEFAULT_VARIANT
+    variant = priced_variant(report, variant)
     candidates = [r for r in report.results if r.image == image and r.variant == variant]
     if not candidates:
         seen = sorted({f"{r.image}/{r.variant}" for r in report.results}) or ["none"]
@@ -172,6 +210,34 @@ def _text(data: Mapping[str, Any], where: str, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise LatencyFileError(f"{where}: `{key}` must be a non-empty string")
     return value
+
+
+def _optional_text(data: Mapping[str, Any], where: str, key: str) -> str | None:
+    return None if data.get(key) is None else _text(data, where, key)
+
+
+def _text_map(value: Any, where: str, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise LatencyFileError(f"{where}: `{key}` must map a variant to a non-empty string")
+    return dict(value)
+
+
+def _number_map(value: Any, where: str, key: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LatencyFileError(f"{where}: `{key}` must map a variant to a number")
+    return {k: _number(v, where, f"{key}.{k}") for k, v in value.items()}
+
+
+def _cold_starts(value: Any, where: str) -> dict[str, ColdStart]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LatencyFileError(f"{where}: `variant_cold_starts` must map a variant to a cold start")
+    return {k: _cold_start(v, f"{where}: variant_cold_starts.{k}") for k, v in value.items()}
 
 
 def _result(data: Any, where: str) -> LatencyResult:
@@ -210,4 +276,6 @@ def _cold_start(data: Any, where: str) -> ColdStart:
         init_ms=_number(data["init_ms"], where, "init_ms"),
         first_response_ms=None if first is None else _number(first, where, "first_response_ms"),
         parts_ms={k: _number(v, where, f"parts_ms.{k}") for k, v in parts.items()},
+        variant=_optional_text(data, where, "variant"),
+        engine=_optional_text(data, where, "engine"),
     )

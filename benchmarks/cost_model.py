@@ -143,11 +143,12 @@ def lambda_cost(scenario: Scenario, pricing: Pricing) -> OptionCost:
 
 
 def supporting_cost(scenario: Scenario, pricing: Pricing) -> OptionCost:
-    """What Lambda needs beside it: the model on EFS (stored, read at each cold start), S3, ECR."""
+    """What Lambda needs beside it: the model on EFS (stored; the served weights read at each cold
+    start), S3, ECR."""
     usage = lambda_usage(scenario, pricing)
     model_gb = scenario.supporting.model_mb / MB_PER_GB
     efs_storage = model_gb * pricing.efs_storage.usd
-    efs_reads = usage.cold_starts * model_gb * pricing.efs_elastic_read.usd
+    efs_reads = usage.cold_starts * scenario.supporting.read_mb / MB_PER_GB * pricing.efs_elastic_read.usd
     items = {
         "efs": efs_storage + efs_reads,
         "s3": model_gb * pricing.s3_storage.usd,

@@ -133,7 +133,10 @@ def to_json_dict(result: CostEstimate) -> dict[str, Any]:
                        "provisioned_concurrency": config.provisioned_concurrency,
                        "free_tier": config.free_tier},
             "sagemaker_serverless": {"memory_mb": s.serverless_memory_mb},
-            "supporting": {"model_mb": s.supporting.model_mb, "image_mb": s.supporting.image_mb},
+            "supporting": {"model_mb": s.supporting.model_mb, "cold_start_read_mb": s.supporting.read_mb,
+                           "image_mb": s.supporting.image_mb},
+            "variant": s.variant,
+            "engine": s.engine,
             "sources": dict(s.sources),
         },
         "lambda": {"architecture": config.architecture, "memory_mb": config.memory_mb,
@@ -182,7 +185,8 @@ def _alternatives(result: CostEstimate) -> list[tuple[str, float]]:
 def verdict(result: CostEstimate) -> str:
     """Two or three sentences: which option is cheapest at this volume, and when that flips."""
     s, work = result.scenario, result.scenario.workload
-    lambda_label = f"Lambda ({s.lambda_config.architecture}, {format_mb(s.lambda_config.memory_mb)})"
+    served = "" if s.variant is None else f", {s.variant}" + (f" on {s.engine}" if s.engine else "")
+    lambda_label = f"Lambda ({s.lambda_config.architecture}, {format_mb(s.lambda_config.memory_mb)}{served})"
     options = _alternatives(result)
     side = result.lambda_side_usd
     volume = f"{format_requests(work.requests_per_month)} requests/month ({work.duration_ms:,.0f} ms each)"
@@ -258,7 +262,10 @@ def _items_rows(result: CostEstimate) -> list[list[str]]:
 def _inputs_rows(result: CostEstimate) -> list[list[str]]:
     s, work, config = result.scenario, result.scenario.workload, result.scenario.lambda_config
     src = s.sources
+    priced = "not measured (no latency file)" if s.variant is None else \
+        s.variant + (f" ({s.engine})" if s.engine else "")
     return [
+        ["weights variant priced", priced, src.get("variant", "scenario")],
         ["requests per month", f"{work.requests_per_month:,.0f}", "scenario"],
         ["duration per request", f"{work.duration_ms:,.1f} ms (billed {billed_seconds(work.duration_ms) * 1000:,.0f} ms)",
          src.get("duration_ms", "scenario")],
@@ -270,7 +277,9 @@ def _inputs_rows(result: CostEstimate) -> list[list[str]]:
         ["Lambda architecture", config.architecture, "scenario"],
         ["provisioned concurrency", f"{config.provisioned_concurrency:,}", "scenario"],
         ["free tier", "on" if config.free_tier else "off", "scenario"],
-        ["model size (EFS, S3)", format_mb(s.supporting.model_mb), "scenario"],
+        ["model size stored (EFS, S3)", format_mb(s.supporting.model_mb), src.get("model_mb", "scenario")],
+        ["model read from EFS per cold start", format_mb(s.supporting.read_mb),
+         src.get("cold_start_read_mb", "scenario")],
         ["image size (ECR)", format_mb(s.supporting.image_mb), "scenario"],
         ["SageMaker Serverless memory", format_mb(s.serverless_memory_mb), src.get("serverless_memory_mb", "scenario")],
     ]
@@ -282,8 +291,8 @@ ASSUMPTIONS = (
     ("Each duration is billed rounded up to the next 1 ms; SageMaker Serverless is charged for the same "
      "duration as Lambda (same workload on both sides). Its own cold starts are not billed by AWS."),
     ("Cold starts: cold-start fraction x on-demand requests, each billing the init duration at the "
-     "Lambda duration price (init is billed since 2025-08-01) and reading the model once from EFS "
-     "(elastic throughput)."),
+     "Lambda duration price (init is billed since 2025-08-01) and reading the served variant's weights "
+     "file once from EFS (elastic throughput); every variant's file is stored."),
     ("Provisioned concurrency is configured all month (730 h); with traffic spread evenly it serves "
      "up to N x month / duration requests at the provisioned duration price, the rest run on demand."),
     ("The Lambda free tier counts as the month's first usage (a negative line item); AWS does not grant "

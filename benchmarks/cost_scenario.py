@@ -13,7 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cost_latency import LatencyReport, select_warm_result
+from benchmarks.cost_latency import (
+    DEFAULT_VARIANT,
+    LatencyReport,
+    priced_variant,
+    select_cold_start,
+    select_warm_result,
+)
 from benchmarks.cost_pricing import ARCHITECTURES
 from benchmarks.exceptions import BenchmarkError, ScenarioError
 
@@ -28,7 +34,7 @@ _KEYS: dict[str, set[str]] = {
     "lambda": {"memory_mb", "ephemeral_mb", "architecture", "provisioned_concurrency", "free_tier"},
     "sagemaker_serverless": {"memory_mb"},
     "sagemaker_realtime": {"instances"},
-    "supporting": {"model_mb", "image_mb"},
+    "supporting": {"model_mb", "cold_start_read_mb", "image_mb"},
     "latency": {"image", "variant", "path"},
 }
 
@@ -58,15 +64,28 @@ class LambdaConfig:
 
 @dataclass(frozen=True)
 class Supporting:
-    """Sizes of what Lambda needs beside it: the model on EFS and S3, the image in ECR."""
+    """Sizes of what Lambda needs beside it: the model on EFS and S3, the image in ECR.
+
+    `model_mb` is stored (every file of the version); `cold_start_read_mb` is what one cold start
+    reads from EFS (only the priced variant's weights file); None means all of `model_mb`.
+    """
 
     model_mb: float = 100.0
     image_mb: float = 1024.0
+    cold_start_read_mb: float | None = None
+
+    @property
+    def read_mb(self) -> float:
+        return self.model_mb if self.cold_start_read_mb is None else self.cold_start_read_mb
 
 
 @dataclass(frozen=True)
 class LatencyChoice:
-    """Which latency.json measurement stands for the workload (None: the loader's default)."""
+    """Which latency.json measurement stands for the workload.
+
+    None: the default (1 MP photo; the variant the function serves; the emulator path if measured).
+    Once resolved against a latency.json, `variant` is the variant priced.
+    """
 
     image: str | None = None
     variant: str | None = None
@@ -85,6 +104,12 @@ class Scenario:
     realtime_instances: tuple[str, ...] | None = None
     latency_choice: LatencyChoice = LatencyChoice()
     sources: Mapping[str, str] = field(default_factory=dict)
+    engine: str | None = None  # what runs the priced variant, when latency.json says
+
+    @property
+    def variant(self) -> str | None:
+        """The weights variant whose measurements are priced (None: no latency file, nothing measured)."""
+        return self.latency_choice.variant
 
     def with_requests(self, requests_per_month: float) -> Scenario:
         """The same scenario at another monthly volume (for curves and break-even)."""
@@ -120,13 +145,12 @@ def scenario_from_dict(
     sources: dict[str, str] = {}
 
     memory_mb = _resolve_memory(check, lam, latency, sources)
-    choice = LatencyChoice(**{k: check.text(data.get("latency", {}), "latency", k, None)
-                              for k in ("image", "variant", "path")})
+    choice = _resolve_choice(check, data.get("latency", {}), latency, sources)
     cold_fraction = check.number(work, "workload", "cold_start_fraction", 0.01, high=1.0)
     workload = Workload(
         requests_per_month=check.number(work, "workload", "requests_per_month"),
         duration_ms=_resolve_duration(check, work, latency, memory_mb, choice, sources),
-        init_ms=_resolve_init(check, work, latency, cold_fraction, sources),
+        init_ms=_resolve_init(check, work, latency, choice, cold_fraction, sources),
         cold_start_fraction=cold_fraction,
         payload_in_kb=check.number(work, "workload", "payload_in_kb", 100.0, high=LAMBDA_PAYLOAD_KB),
         payload_out_kb=check.number(work, "workload", "payload_out_kb", 2.0, high=LAMBDA_PAYLOAD_KB),
@@ -147,9 +171,7 @@ def scenario_from_dict(
     )
     serverless_memory = _resolve_serverless_memory(check, data.get("sagemaker_serverless", {}),
                                                    memory_mb, sources)
-    sup = data.get("supporting", {})
-    supporting = Supporting(model_mb=check.number(sup, "supporting", "model_mb", 100.0),
-                            image_mb=check.number(sup, "supporting", "image_mb", 1024.0))
+    supporting = _resolve_supporting(check, data.get("supporting", {}), latency, choice, sources)
     return Scenario(
         name=name,
         workload=workload,
@@ -159,7 +181,22 @@ def scenario_from_dict(
         realtime_instances=check.names(data.get("sagemaker_realtime", {}), "sagemaker_realtime", "instances"),
         latency_choice=choice,
         sources=sources,
+        engine=latency.engines.get(choice.variant) if latency is not None and choice.variant else None,
     )
+
+
+def _resolve_choice(check: _Checker, table: Mapping[str, Any], latency: LatencyReport | None,
+                    sources: dict[str, str]) -> LatencyChoice:
+    """The scenario's [latency] table, with the variant filled in from latency.json when omitted."""
+    choice = LatencyChoice(**{k: check.text(table, "latency", k, None) for k in ("image", "variant", "path")})
+    if choice.variant is not None:
+        sources["variant"] = "scenario"
+    elif latency is not None:
+        choice = replace(choice, variant=priced_variant(latency))
+        sources["variant"] = ("latency.json served_variant (what the function serves without MODEL_VARIANT)"
+                              if latency.served_variant else
+                              f"{DEFAULT_VARIANT} (latency.json does not say which variant is served)")
+    return choice
 
 
 def _resolve_memory(check: _Checker, lam: Mapping[str, Any], latency: LatencyReport | None,
@@ -194,18 +231,56 @@ def _resolve_duration(check: _Checker, work: Mapping[str, Any], latency: Latency
 
 
 def _resolve_init(check: _Checker, work: Mapping[str, Any], latency: LatencyReport | None,
-                  cold_fraction: float, sources: dict[str, str]) -> float:
+                  choice: LatencyChoice, cold_fraction: float, sources: dict[str, str]) -> float:
     if "init_ms" in work:
         sources["init_ms"] = "scenario"
         return check.number(work, "workload", "init_ms", high=LAMBDA_TIMEOUT_MS)
-    if latency is not None and latency.cold_start is not None:
-        sources["init_ms"] = "latency.json cold_start.init_ms"
-        return latency.cold_start.init_ms
+    if latency is not None and (latency.cold_start is not None or latency.variant_cold_starts):
+        try:
+            cold = select_cold_start(latency, choice.variant)
+        except BenchmarkError as exc:
+            if cold_fraction == 0:
+                sources["init_ms"] = "not needed (cold_start_fraction = 0)"
+                return 0.0
+            raise ScenarioError(f"{check.where}: workload.init_ms omitted and {exc}") from exc
+        where = "cold_start" if cold is latency.cold_start else f"variant_cold_starts.{choice.variant}"
+        sources["init_ms"] = f"latency.json {where}.init_ms" + (f", variant {cold.variant}" if cold.variant else "")
+        return cold.init_ms
     if cold_fraction == 0:
         sources["init_ms"] = "not needed (cold_start_fraction = 0)"
         return 0.0
     raise ScenarioError(f"{check.where}: cold_start_fraction > 0 needs workload.init_ms, or --latency "
                         "with a cold_start.init_ms")
+
+
+def _resolve_supporting(check: _Checker, table: Mapping[str, Any], latency: LatencyReport | None,
+                        choice: LatencyChoice, sources: dict[str, str]) -> Supporting:
+    """Model sizes from the scenario, else from latency.json's weights files, else 100 MB.
+
+    Stored: every variant's file (sync copies the whole version). Read per cold start: only the
+    priced variant's file, which the loader reads and hashes.
+    """
+    files = latency.model_files_mb if latency is not None else {}
+    if "model_mb" in table:
+        sources["model_mb"] = "scenario"
+        model_mb = check.number(table, "supporting", "model_mb")
+    elif files:
+        sources["model_mb"] = f"latency.json model_files_mb: {', '.join(sorted(files))}"
+        model_mb = sum(files.values())
+    else:
+        sources["model_mb"] = "default"
+        model_mb = 100.0
+    read_mb: float | None = None
+    if "cold_start_read_mb" in table:
+        sources["cold_start_read_mb"] = "scenario"
+        read_mb = check.number(table, "supporting", "cold_start_read_mb")
+    elif choice.variant is not None and choice.variant in files:
+        sources["cold_start_read_mb"] = f"latency.json model_files_mb.{choice.variant}"
+        read_mb = files[choice.variant]
+    else:
+        sources["cold_start_read_mb"] = "the whole model (model_mb)"
+    return Supporting(model_mb=model_mb, image_mb=check.number(table, "supporting", "image_mb", 1024.0),
+                      cold_start_read_mb=read_mb)
 
 
 def _resolve_serverless_memory(check: _Checker, table: Mapping[str, Any], lambda_memory_mb: int,

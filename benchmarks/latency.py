@@ -4,12 +4,15 @@ The run, in order (one progress line per group on stderr):
 1. the model: the synced version named by --model-root/--model-name/--model-version, or the demo
    ResNet-50 published and synced into a scratch directory (no user data needed);
 2. synthetic photos of about 0.3, 1 and 4 megapixels (`latency_images`);
-3. cold starts in fresh processes (imports, model load, first prediction; peak RSS);
-4. the roofline: fp32 matmul peak per thread count and the model's FLOPs;
+3. cold starts in fresh processes (engine import, handler import, init, first prediction; peak
+   RSS; whether torch got imported);
+4. the roofline: fp32 torch matmul peak per thread count and the model's FLOPs (torch, here in
+   the parent process only);
 5. warm requests straight to the `Classifier`, per Lambda size (thread count), variant and photo,
-   and a batch;
+   each through the same `Predictor` the handler uses (ONNX Runtime or torch, `threads=` at load);
 6. the same through the emulator's Function URL, each runtime start doubling as a cold start, and
-   the function as deployed (no MODEL_VARIANT, the handler picks) for the headline cold start;
+   the function as deployed (no MODEL_VARIANT, the handler picks) for the headline cold start,
+   plus a batch of direct invocations on that served variant;
 7. the recommended memory size and issue 8's targets table (printed at the end).
 
 It writes latency.json (`benchmarks.cost_latency` schema, read by `python -m benchmarks cost`)
@@ -30,7 +33,6 @@ from typing import Any
 
 from benchmarks.cost_latency import (
     DEFAULT_IMAGE,
-    DEFAULT_VARIANT,
     ColdStart,
     LatencyReport,
     LatencyResult,
@@ -43,21 +45,20 @@ from benchmarks.latency_machine import busy_note, load_average, machine_info, us
 from benchmarks.latency_measure import (
     ChildColdStart,
     WarmSeries,
-    batch_per_image_ms,
     classifier_request,
     cold_start_child,
+    direct_batch,
     median_parts,
     warm_series,
 )
 from benchmarks.latency_model import ModelRef, demo_model, existing_model
 from benchmarks.latency_report import render_markdown
-from benchmarks.latency_roofline import Roofline, count_flops, matmul_gflops, torch_threads
+from benchmarks.latency_roofline import Roofline, matmul_gflops, network_flops
 from benchmarks.latency_sizing import SizeStep, measured_steps, plan_note, recommend_memory, size_plan
 from benchmarks.latency_stats import median
 from benchmarks.latency_targets import TARGET_MEMORY_MB, TargetFigures, evaluate, targets_table
 from handler.classifier import Classifier
 from model_store.exceptions import ModelStoreError
-from model_store.loader import choose_variant
 
 REPORT_JSON = "latency.json"
 REPORT_MD = "latency.md"
@@ -82,7 +83,7 @@ class RunSettings:
     @classmethod
     def choose(cls, quick: bool, samples: int | None = None) -> RunSettings:
         if quick:
-            base = cls(quick=True, samples=5, warmup=1, cold_repeats=1, matmul_repeats=2, batch_size=4,
+            base = cls(quick=True, samples=5, warmup=1, cold_repeats=1, matmul_repeats=3, batch_size=8,
                        batch_repeats=2, emulator_all_sizes=False)
         else:
             base = cls(quick=False, samples=30, warmup=3, cold_repeats=3, matmul_repeats=5, batch_size=8,
@@ -176,10 +177,11 @@ class LatencyRun:
         self.top = self.steps[-1]
         # Issue 8's targets are for 2 threads (3,008 MB); a 1-core machine judges them at what it has.
         self.target_step = next((s for s in self.steps if s.memory_mb == TARGET_MEMORY_MB), self.top)
-        self.headline_variant = DEFAULT_VARIANT if DEFAULT_VARIANT in self.variants else self.variants[0]
-        # The batch target is judged on what the function serves by default (no MODEL_VARIANT).
-        served = choose_variant(self.model.manifest)
-        self.batch_variant = served if served in self.variants else self.headline_variant
+        # What the function serves without MODEL_VARIANT is what the recommendation, the decode
+        # targets and the cost model go by; the batch and the headline cold start run it too.
+        self.served = self.model.served_variant
+        self.headline_variant = self.served if self.served in self.variants else self.variants[0]
+        self.engines: dict[str, str] = {}  # variant -> engine, as its Predictor says
         self.first_photo = next(p for p in self.photos if p.label == DEFAULT_IMAGE)
         self.results: list[LatencyResult] = []
         self.child_colds: list[ChildColdStart] = []
@@ -193,12 +195,18 @@ class LatencyRun:
         """Every group in the module docstring's order; returns the report without writing it."""
         self.cold_starts_in_fresh_processes()
         gflops = self.matmul_peaks()
+        model = self.model
+        self.roofline = Roofline.from_measured(network_flops(model.manifest.arch, model.manifest.num_classes,
+                                                             model.manifest.preprocess.output_size), gflops)
+        self.progress(f"{model.manifest.arch.label}: {self.roofline.flops / 1e9:,.2f} GFLOP per image; "
+                      "roofline " + ", ".join(f"{self.roofline.time_ms(t):,.1f} ms at {t} thread(s)"
+                                              for t in sorted(gflops)))
         for variant in self.variants:
-            self.classifier_runs(variant, gflops)
-        if self.roofline is None:
+            self.classifier_runs(variant)
+        runnable = [v for v in self.variants if v not in self.skipped]
+        if not runnable:
             raise LatencyBenchmarkError("no variant of the model can run here: "
                                         + "; ".join(f"{v}: {why}" for v, why in self.skipped.items()))
-        runnable = [v for v in self.variants if v not in self.skipped]
         if self.settings.emulator_all_sizes:
             for variant in runnable:
                 for step in self.steps:
@@ -206,6 +214,11 @@ class LatencyRun:
         # The function as deployed (no MODEL_VARIANT: the handler's choice) gives the headline cold start.
         for i in range(self.settings.cold_repeats):
             self.emulator_runs(None, self.top, warm=not self.settings.emulator_all_sizes and i == 0)
+        if not self.batch:  # the target size was not one the served variant ran at through the emulator
+            with EmulatedFunction(model, None, self.target_step.memory_mb, self.target_step.threads,
+                                  self.scratch) as function:
+                function.cold_start(self.first_photo.jpeg)
+                self._batch(function)
         busy = busy_note(self.machine, self.cores)
         if busy:
             self.progress(busy)
@@ -218,8 +231,9 @@ class LatencyRun:
                                     self.photo_paths[self.first_photo.label], self.photo_paths.get(LARGEST_IMAGE))
             self.child_colds.append(cold)
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in cold.parts_ms.items())
-            self.progress(f"cold start {i + 1}/{repeats} in a fresh process: {parts} ms; "
-                          f"peak RSS {cold.peak_rss_mb:,.0f} MB")
+            self.progress(f"cold start {i + 1}/{repeats} in a fresh process ({cold.variant}, {cold.engine}): "
+                          f"{parts} ms; peak RSS {cold.peak_rss_mb:,.0f} MB; torch imported: "
+                          f"{'yes' if cold.torch_imported else 'no'}")
 
     def matmul_peaks(self) -> dict[int, float]:
         gflops = {}
@@ -228,35 +242,33 @@ class LatencyRun:
             self.progress(f"matmul peak at {step.threads} thread(s): {gflops[step.threads]:,.1f} GFLOP/s")
         return gflops
 
-    def classifier_runs(self, variant: str, gflops: dict[int, float]) -> None:
-        """Warm requests to one variant's `Classifier` at every measured size (and the batch run)."""
+    def classifier_runs(self, variant: str) -> None:
+        """Warm requests to one variant's `Classifier` at every measured size.
+
+        A thread count is fixed when the predictor is made (an ONNX Runtime session's pool; torch's
+        process-wide one), so each size loads the variant afresh with `threads=`, as a runtime of
+        that size would.
+        """
         model, settings = self.model, self.settings
-        try:
-            classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant)
-        except ModelStoreError as exc:
-            self.skipped[variant] = str(exc)
-            self.progress(f"skipping variant {variant}: {exc}")
-            return
-        if self.roofline is None:
-            self.roofline = Roofline(_count_flops(model, classifier), gflops)
-            self.progress(f"{model.manifest.arch.label}: {self.roofline.flops / 1e9:,.2f} GFLOP per image; "
-                          "roofline " + ", ".join(f"{self.roofline.time_ms(t):,.1f} ms at {t} thread(s)"
-                                                  for t in sorted(gflops)))
         for step in self.steps:
-            with torch_threads(step.threads):
-                for photo in self.photos:
-                    series = warm_series(classifier_request(classifier), photo.jpeg, settings.samples,
-                                         settings.warmup)
-                    self._add(_result(step, variant, photo, "classifier", series))
-                if step == self.target_step and variant == self.batch_variant:
-                    self.batch = _batch(classifier, self.first_photo, settings,
-                                        self._find(step.memory_mb, variant, DEFAULT_IMAGE, "classifier"))
-                    if self.batch:
-                        self.progress(f"batch of {settings.batch_size} ({variant}): "
-                                      f"{self.batch['per_image_ms']:,.1f} ms per image, "
-                                      f"{self.batch['speedup']:.2f}x single requests")
-        del classifier
-        gc.collect()  # one model in memory at a time, and none while the emulator runs its own
+            try:
+                classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant,
+                                                  threads=step.threads)
+            except ModelStoreError as exc:
+                self.skipped[variant] = str(exc)
+                self.progress(f"skipping variant {variant}: {exc}")
+                return
+            predictor = classifier.predictor
+            self.engines[variant] = predictor.engine
+            if predictor.threads != step.threads:
+                raise LatencyBenchmarkError(f"the {variant} predictor runs {predictor.threads} thread(s), "
+                                            f"not the {step.threads} asked for")
+            classifier.warm_up()
+            for photo in self.photos:
+                series = warm_series(classifier_request(classifier), photo.jpeg, settings.samples, settings.warmup)
+                self._add(_result(step, variant, photo, "classifier", series))
+            del classifier, predictor
+            gc.collect()  # one model in memory at a time, and none while the emulator runs its own
 
     def emulator_runs(self, variant: str | None, step: SizeStep, *, warm: bool = True) -> None:
         """A cold start, then (if `warm`) warm requests, through one emulated function of `step`'s size.
@@ -268,20 +280,30 @@ class LatencyRun:
             for photo in self.photos if warm else ():
                 series = warm_series(function.predict, photo.jpeg, self.settings.samples, self.settings.warmup)
                 self._add(_result(step, function.variant, photo, "emulator", series))
+            if warm and not self.batch and step == self.target_step and function.variant == self.served:
+                self._batch(function)
             self.emulator_rss_mb = max(self.emulator_rss_mb, function.peak_rss_mb())
+
+    def _batch(self, function: EmulatedFunction) -> None:
+        """Issue 8's batch row: `{"images": [...]}` vs `{"image": ...}` direct invocations, served variant."""
+        settings = self.settings
+        figures = direct_batch(function.invoke, self.first_photo.jpeg, settings.batch_size, settings.batch_repeats)
+        self.batch = {**figures, "image": self.first_photo.label, "variant": function.variant,
+                      "engine": self.model.engine(function.variant), "memory_mb": function.memory_mb,
+                      "threads": function.threads, "repeats": settings.batch_repeats}
+        self.progress(f"batch of {settings.batch_size} by direct invocation ({function.variant}, "
+                      f"{function.threads} thread(s)): {self.batch['per_image_ms']:,.1f} ms per image against "
+                      f"{self.batch['single_p50_ms']:,.1f} ms single, {self.batch['speedup']:.2f}x")
 
     def _add(self, result: LatencyResult) -> None:
         self.results.append(result)
         self.progress(_describe(result))
 
-    def _find(self, memory_mb: int, variant: str, image: str, path: str) -> LatencyResult | None:
-        return next((r for r in self.results if (r.memory_mb, r.variant, r.image, r.path)
-                     == (memory_mb, variant, image, path)), None)
-
     def _record_cold(self, cold: ColdSample, step: SizeStep, *, requested: str | None) -> None:
         self.emulator_colds.append({"memory_mb": step.memory_mb, "threads": step.threads,
                                     "requested": requested or DEFAULT_CHOICE, **cold.to_dict()})
         asked = requested or f"MODEL_VARIANT unset: {cold.variant}"
+        asked += f", {cold.engine}"
         self.progress(f"emulator cold start ({step.memory_mb:,} MB, {asked}): init {cold.init_ms:,.0f} ms, "
                       f"first response after {cold.first_response_ms:,.0f} ms")
 
@@ -302,11 +324,14 @@ class LatencyRun:
         headline_colds = [c for c in self.emulator_colds
                           if c["memory_mb"] == top.memory_mb and c["requested"] == DEFAULT_CHOICE]
         served = headline_colds[0]["variant"]
-        cold_start = ColdStart(
-            init_ms=round(median([c["init_ms"] for c in headline_colds]), 2),
-            first_response_ms=round(median([c["first_response_ms"] for c in headline_colds]), 2),
-            parts_ms=median_parts(self.child_colds),
-        )
+        engines = {**{v: self.model.engine(v) for v in self.model.variants}, **self.engines}
+        cold_start = replace(_median_cold(headline_colds), parts_ms=median_parts(self.child_colds))
+        variant_colds = {served: cold_start}
+        for variant in self.variants:
+            asked = [c for c in self.emulator_colds if c["memory_mb"] == top.memory_mb and c["requested"] == variant]
+            if asked and variant != served:
+                variant_colds[variant] = _median_cold(asked)
+        torch_imported = any(c.torch_imported for c in self.child_colds)
         targets = evaluate(TargetFigures(
             threads=target.threads, roofline=roofline,
             inference_p50_ms={r.variant: r.steps["inference"]["p50_ms"] for r in
@@ -314,9 +339,14 @@ class LatencyRun:
             decode_preprocess_p50_ms={r.image: r.steps["decode_preprocess"]["p50_ms"] for r in
                                       self._classifier_results("decode_preprocess", memory_mb=target.memory_mb,
                                                            variant=headline)},
+            decode_split_ms={r.image: (r.steps["decode"]["p50_ms"], r.steps["preprocess"]["p50_ms"]) for r in
+                             self._classifier_results("decode_preprocess", memory_mb=target.memory_mb,
+                                                      variant=headline)},
             cold_start_ms=cold_start.first_response_ms, peak_rss_mb=peak_rss,
             batch_speedup=self.batch.get("speedup"), batch_size=self.batch.get("batch_size"),
-            batch_variant=self.batch.get("variant"),
+            batch_variant=self.batch.get("variant"), engines=engines, served_variant=served,
+            decode_variant=headline,
+            torch_imported=torch_imported,
         ))
         roofline_data = roofline.to_dict()
         roofline_data["variants"] = [
@@ -335,13 +365,17 @@ class LatencyRun:
             "target_threads": target.threads,
             "recommendation": {"memory_mb": recommendation.memory_mb, "reason": recommendation.reason,
                                "rule": recommendation.rule,
-                               "basis": f"classifier path, {headline}, {DEFAULT_IMAGE} photo, end-to-end p50"},
+                               "basis": f"classifier path, {headline} ({engines.get(headline)}), "
+                                        f"{DEFAULT_IMAGE} photo, end-to-end p50"},
             "cold_starts": {
                 "child": [c.to_dict() for c in self.child_colds],
                 "emulator": self.emulator_colds,
                 "headline": f"{top.memory_mb:,} MB ({top.threads} threads), the handler's choice of variant "
                             f"({served}), median of {len(headline_colds)} start(s)",
                 "served_variant": served,
+                "engine": engines.get(served),
+                "child_engines": sorted({c.engine for c in self.child_colds}),
+                "torch_imported": torch_imported,
                 "torchvision_imported": any(c.torchvision_imported for c in self.child_colds),
             },
             "emulator": {"pinning": pinning_method(), "peak_rss_mb": round(self.emulator_rss_mb, 1),
@@ -353,7 +387,9 @@ class LatencyRun:
         return LatencyReport(results=tuple(self.results), machine=self.machine,
                              recommended_memory_mb=recommendation.memory_mb, cold_start=cold_start,
                              peak_rss_mb=peak_rss, roofline=roofline_data,
-                             targets=tuple(t.to_dict() for t in targets), details=details)
+                             targets=tuple(t.to_dict() for t in targets), details=details,
+                             served_variant=served, engines=engines, variant_cold_starts=variant_colds,
+                             model_files_mb=self.model.files_mb())
 
 
 def _model(args: argparse.Namespace, scratch: Path, progress: Progress) -> ModelRef:
@@ -391,11 +427,11 @@ def _write_photos(photos: Sequence[Photo], scratch: Path) -> dict[str, Path]:
     return paths
 
 
-def _count_flops(model: ModelRef, classifier: Classifier) -> int:
-    """FLOPs from the fp32 network's layers (a quantized network's modules are not nn.Conv2d)."""
-    fp32 = classifier if classifier.variant == "fp32" else Classifier.from_root(
-        model.root, model.name, version=model.version, variant="fp32")
-    return count_flops(fp32.model, model.manifest.preprocess.output_size)
+def _median_cold(colds: Sequence[dict[str, Any]]) -> ColdStart:
+    """The median emulator cold start of one variant (the first's variant and engine)."""
+    return ColdStart(init_ms=round(median([c["init_ms"] for c in colds]), 2),
+                     first_response_ms=round(median([c["first_response_ms"] for c in colds]), 2),
+                     variant=colds[0]["variant"], engine=colds[0]["engine"])
 
 
 def _result(step: SizeStep, variant: str, photo: Photo, path: str, series: WarmSeries) -> LatencyResult:
@@ -410,13 +446,3 @@ def _describe(r: LatencyResult) -> str:
                       if name in r.steps)
     return (f"{r.path} {r.variant} {r.threads} thread(s) ({r.memory_mb:,} MB) {r.image}: "
             f"p50 {r.p50_ms:,.1f} / p90 {r.p90_ms:,.1f} / p99 {r.p99_ms:,.1f} ms ({steps} ms)")
-
-
-def _batch(classifier: Classifier, photo: Photo, settings: RunSettings,
-           single: LatencyResult | None) -> dict[str, Any]:
-    per_image = batch_per_image_ms(classifier, photo.jpeg, settings.batch_size, settings.batch_repeats)
-    if per_image is None or single is None:
-        return {}
-    return {"batch_size": settings.batch_size, "image": photo.label, "variant": classifier.variant,
-            "per_image_ms": per_image, "single_p50_ms": single.p50_ms, "speedup": single.p50_ms / per_image,
-            "repeats": settings.batch_repeats}

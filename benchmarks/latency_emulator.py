@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from benchmarks.cost_latency import DEFAULT_VARIANT
 from benchmarks.exceptions import LatencyBenchmarkError
 from benchmarks.latency_model import ModelRef
 from emulator import Emulator, EmulatorConfig
@@ -39,10 +38,11 @@ class ColdSample:
     first_response_ms: float  # emulator start to the first /predict answer, as a client sees it
     timing_ms: dict[str, Any]  # the handler's own step timings for that first request
     variant: str  # the variant that answered (the handler's choice when none was asked for)
+    engine: str  # what runs that variant (from its manifest format)
 
     def to_dict(self) -> dict[str, Any]:
         return {"init_ms": round(self.init_ms, 2), "first_response_ms": round(self.first_response_ms, 2),
-                "timing_ms": self.timing_ms, "variant": self.variant}
+                "timing_ms": self.timing_ms, "variant": self.variant, "engine": self.engine}
 
 
 def pinning_cpus(threads: int) -> tuple[int, ...] | None:
@@ -65,7 +65,7 @@ class EmulatedFunction:
     def __init__(self, model: ModelRef, variant: str | None, memory_mb: int, threads: int,
                  workdir: Path) -> None:
         self.model = model
-        self.variant = variant or DEFAULT_VARIANT
+        self.variant = variant or model.served_variant  # until an answer names the one that ran
         self.memory_mb = memory_mb
         self.threads = threads
         self._log: deque[str] = deque(maxlen=_LOG_TAIL)
@@ -104,7 +104,7 @@ class EmulatedFunction:
         if not inits:
             raise LatencyBenchmarkError("the emulator reported no init duration for its first request")
         return ColdSample(init_ms=float(inits[0]), first_response_ms=first_response_ms, timing_ms=timing,
-                          variant=self.variant)
+                          variant=self.variant, engine=self.model.engine(self.variant))
 
     def predict(self, photo: bytes) -> tuple[float, dict[str, Any]]:
         """POST the JPEG to /predict; returns (ms as the client saw it, the handler's `timing_ms`)."""
@@ -129,6 +129,24 @@ class EmulatedFunction:
         if isinstance(timing.get("variant"), str):
             self.variant = timing["variant"]
         return elapsed_ms, timing
+
+    def invoke(self, event: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """A direct invocation (the Invoke API's path, no Function URL): (ms as the caller saw it, answer)."""
+        start = time.perf_counter()
+        try:
+            result = self._emulator.invoke(event)
+        except EmulatorError as exc:
+            raise LatencyBenchmarkError(f"a direct invocation through the emulator failed: {exc}{self._tail()}") \
+                from exc
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        try:
+            body = result.json()
+        except ValueError as exc:
+            raise LatencyBenchmarkError(f"a direct invocation answered no JSON: {result.payload[:200]!r}") from exc
+        if not result.ok or not isinstance(body, dict) or "error" in body:
+            raise LatencyBenchmarkError(f"a direct invocation failed ({result.error_type or 'error answer'}): "
+                                        f"{result.payload[:300].decode('utf-8', 'replace')}{self._tail()}")
+        return elapsed_ms, body
 
     def peak_rss_mb(self) -> float:
         """The runtime process tree's peak RSS, as the REPORT line's Max Memory Used."""

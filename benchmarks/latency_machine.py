@@ -1,4 +1,5 @@
-"""What the latency figures were measured on: CPU, cores, torch and its math libraries, load.
+"""What the latency figures were measured on: CPU, cores, the engines (ONNX Runtime; torch and its
+math libraries), load.
 
 Latency means nothing without the machine, and on a shared machine without its load: the load
 average at the start of the run is recorded so a reader can tell a quiet run from a noisy one.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,14 @@ def torch_build() -> dict[str, str]:
             "parallel_backend": "OpenMP" if "OpenMP" in torch.__config__.parallel_info() else "native"}
 
 
+def onnxruntime_version() -> str:
+    """The installed ONNX Runtime's version, read from its metadata (importing it is not needed)."""
+    try:
+        return metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine_info() -> dict[str, Any]:
     """The `machine` object of latency.json."""
     build = torch_build()
@@ -57,16 +67,19 @@ def machine_info() -> dict[str, Any]:
         "architecture": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "onnxruntime_version": onnxruntime_version(),
         "torch_version": torch.__version__,
         "torch_blas": build["blas"],
         "torch_cpu_capability": build["cpu_capability"],
         "torch_parallel_backend": build["parallel_backend"],
         "thread_env": env,
         "thread_env_note": (
-            f"torch computes with {build['blas']} and oneDNN under {build['parallel_backend']}; the benchmark "
-            "sets thread counts itself (torch.set_num_threads, OMP_NUM_THREADS for the runtime), so "
-            "OMP_NUM_THREADS/MKL_NUM_THREADS in the shell do not change its figures. OPENBLAS_NUM_THREADS "
-            "only reaches numpy's OpenBLAS (photo generation), never inference."
+            "ONNX Runtime (int8, fp32-graph) runs its own thread pool, sized when a session is made; torch "
+            f"(fp32, and the roofline's matmul) computes with {build['blas']} and oneDNN under "
+            f"{build['parallel_backend']}. The benchmark sets thread counts itself (the loader's threads=, "
+            "OMP_NUM_THREADS for the runtime, which the handler passes on), so OMP_NUM_THREADS/MKL_NUM_THREADS "
+            "in the shell do not change its figures. OPENBLAS_NUM_THREADS only reaches numpy's OpenBLAS "
+            "(photo generation, preprocessing arithmetic), never inference."
         ),
         "load_average_at_start": load_average(),
     }

@@ -1,4 +1,4 @@
-"""The measurements themselves: warm requests, a batch, and a cold start in a fresh process.
+"""The measurements themselves: warm requests, a direct-invocation batch, and a fresh-process cold start.
 
 Each function returns plain figures; `benchmarks.latency` decides what to run and writes them up.
 Warm series discard their first requests (thread pools and allocator caches settle) and then
@@ -7,6 +7,7 @@ record every request, so p99 shows the slow ones too.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -78,44 +79,91 @@ def classifier_request(classifier: Classifier) -> Callable[[bytes], tuple[float,
     return request
 
 
-def batch_per_image_ms(classifier: Classifier, photo: bytes, batch_size: int, repeats: int) -> float | None:
-    """Median ms per image of `classify_batch` on `batch_size` copies; None without a batch API."""
-    classify_batch = getattr(classifier, "classify_batch", None)
-    if classify_batch is None:
-        return None
-    items = [photo] * batch_size
-    classify_batch(items)  # warm-up: a new batch shape sets up its own kernels
-    times = []
+Invoke = Callable[[dict[str, Any]], tuple[float, dict[str, Any]]]
+"""A direct invocation (`aws lambda invoke`): event in, (ms as the caller saw it, the answer) out."""
+
+
+def direct_batch(invoke: Invoke, photo: bytes, batch_size: int, repeats: int) -> dict[str, Any]:
+    """Throughput of one `{"images": [...]}` invocation of `batch_size` copies vs `{"image": ...}` ones.
+
+    Both go through the same path (direct invocation of the real handler), so the ratio is what
+    batching buys a caller: single-request p50 / (batch p50 / batch size). Singles are
+    `batch_size x repeats` requests, batches `repeats`, after one discarded request of each shape
+    (a new batch shape sets up its own kernels).
+    """
+    encoded = base64.b64encode(photo).decode("ascii")
+    single, batch = {"image": encoded}, {"images": [encoded] * batch_size}
+    _answered(invoke(single)[1], 1)
+    _answered(invoke(batch)[1], batch_size)
+    singles, batches = [], []
+    inference: dict[str, list[float]] = {"single": [], "batch": []}  # the handler's own inference step
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        classify_batch(items)
-        times.append((time.perf_counter() - start) * 1000.0 / batch_size)
-    return summarize(times)["p50_ms"]
+        for _ in range(batch_size):
+            elapsed_ms, body = invoke(single)
+            _answered(body, 1)
+            singles.append(elapsed_ms)
+            _inference_ms(body, inference["single"])
+        elapsed_ms, body = invoke(batch)
+        _answered(body, batch_size)
+        batches.append(elapsed_ms)
+        _inference_ms(body, inference["batch"])
+    single_p50 = summarize(singles)["p50_ms"]
+    batch_p50 = summarize(batches)["p50_ms"]
+    per_image = batch_p50 / batch_size
+    figures: dict[str, Any] = {
+        "batch_size": batch_size, "path": "direct invocation", "single_p50_ms": round(single_p50, 3),
+        "batch_p50_ms": round(batch_p50, 3), "per_image_ms": round(per_image, 3),
+        "speedup": single_p50 / per_image, "singles": len(singles), "batches": len(batches)}
+    for shape, values in inference.items():  # where the time goes: the forward pass vs the rest
+        if values:
+            figures[f"{shape}_inference_p50_ms"] = round(summarize(values)["p50_ms"], 3)
+    return figures
+
+
+def _inference_ms(body: Mapping[str, Any], into: list[float]) -> None:
+    value = (body.get("timing_ms") or {}).get("inference")
+    if isinstance(value, int | float):
+        into.append(float(value))
+
+
+def _answered(body: Mapping[str, Any], expected: int) -> None:
+    """A batch answer must hold `expected` predictions, a single answer one; else the figure is void."""
+    results = body.get("results") if expected > 1 else [body]
+    if not isinstance(results, list) or len(results) != expected or \
+            not all(isinstance(r, dict) and "predictions" in r for r in results):
+        raise LatencyBenchmarkError(f"a direct invocation did not answer {expected} prediction(s): "
+                                    f"{json.dumps(body)[:300]}")
 
 
 @dataclass(frozen=True)
 class ChildColdStart:
-    """One fresh-process cold start: parts in ms, peak RSS and what the child imported."""
+    """One fresh-process cold start: parts in ms, peak RSS, the engine and what the child imported."""
 
     parts_ms: dict[str, float]
     total_ms: float
     peak_rss_mb: float
     torchvision_imported: bool
     variant: str
+    engine: str
+    torch_imported: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {"parts_ms": self.parts_ms, "total_ms": round(self.total_ms, 2), "peak_rss_mb": self.peak_rss_mb,
-                "torchvision_imported": self.torchvision_imported, "variant": self.variant}
+                "variant": self.variant, "engine": self.engine, "torch_imported": self.torch_imported,
+                "torchvision_imported": self.torchvision_imported}
 
 
 def cold_start_child(model: ModelRef, variant: str | None, threads: int, photo: Path,
                      largest: Path | None) -> ChildColdStart:
     """Run `benchmarks.latency_cold` in a fresh interpreter and read its figures.
 
-    `variant` None lets the loader choose, as the handler does without MODEL_VARIANT.
+    `variant` None leaves MODEL_VARIANT unset: the handler chooses, as deployed. The child imports
+    the engine of the variant it is expected to serve first (`ModelRef.engine`).
     """
+    expected = variant or model.served_variant
     command = [sys.executable, "-m", "benchmarks.latency_cold", "--root", str(model.root), "--name", model.name,
-               "--version", model.version, "--threads", str(threads), "--photo", str(photo)]
+               "--version", model.version, "--threads", str(threads), "--photo", str(photo),
+               "--engine", model.engine(expected)]
     if variant is not None:
         command += ["--variant", variant]
     if largest is not None:
@@ -138,7 +186,8 @@ def cold_start_child(model: ModelRef, variant: str | None, threads: int, photo: 
     parts = {"python_start": round(max(0.0, (data["started_epoch"] - spawned) * 1000.0), 3)}
     parts.update({k: float(v) for k, v in data["parts_ms"].items()})
     return ChildColdStart(parts_ms=parts, total_ms=total_ms, peak_rss_mb=float(data["peak_rss_mb"]),
-                          torchvision_imported=bool(data["torchvision_imported"]), variant=str(data["variant"]))
+                          torchvision_imported=bool(data["torchvision_imported"]), variant=str(data["variant"]),
+                          engine=str(data["engine"]), torch_imported=bool(data["torch_imported"]))
 
 
 def median_parts(samples: Sequence[ChildColdStart]) -> dict[str, float]:

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from benchmarks.exceptions import LatencyBenchmarkError
 from model_store.exceptions import ModelStoreError
-from model_store.loader import read_local_manifest, resolve_version_dir
+from model_store.loader import ONNX_VARIANTS, choose_variant, read_local_manifest, resolve_version_dir
 from model_store.manifest import Manifest
 
 DEMO_NAME = "dogbreeds"
 DEMO_VERSION = "bench-demo"
 PUBLISH_LOGGER = "model_store.publish"  # where publish reports its steps
+ONNX_ENGINE, TORCH_ENGINE = "onnxruntime", "torch"  # as `Predictor.engine` names them
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,28 @@ class ModelRef:
         """Every weights variant the manifest offers, fp32 first."""
         return tuple(sorted(self.manifest.weights, key=lambda v: (v != "fp32", v)))
 
+    @property
+    def served_variant(self) -> str:
+        """What the function serves without MODEL_VARIANT: the loader's choice on this machine."""
+        return choose_variant(self.manifest)
+
+    def engine(self, variant: str) -> str:
+        """What runs `variant` as the loader routes it: ONNX Runtime for the ONNX variants, else torch."""
+        if variant not in self.manifest.weights:
+            raise LatencyBenchmarkError(f"{self.name}/{self.version} has no variant {variant!r}")
+        return ONNX_ENGINE if variant in ONNX_VARIANTS else TORCH_ENGINE
+
+    def files_mb(self) -> dict[str, float]:
+        """Each variant's weights file in MB (2^20 bytes): stored on EFS, read at a cold start."""
+        return {v: round(entry.size / MIB, 3) for v, entry in sorted(self.manifest.weights.items())}
+
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "version": self.version, "arch": self.manifest.arch.label,
                 "num_classes": self.manifest.num_classes, "variants": list(self.variants),
                 "trained": self.manifest.trained, "demo": self.demo,
-                "input": list(self.manifest.preprocess.output_size)}
+                "input": list(self.manifest.preprocess.output_size),
+                "formats": {v: e.format for v, e in sorted(self.manifest.weights.items())},
+                "files_mb": self.files_mb()}
 
 
 def existing_model(root: Path, name: str, version: str) -> ModelRef:

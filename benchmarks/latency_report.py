@@ -30,11 +30,14 @@ def render_markdown(report: LatencyReport) -> str:
              f"{machine.get('cpu_model', 'unknown CPU')}")
     load = " / ".join(str(x) for x in machine.get("load_average_at_start", [])) or "unknown"
     summary = (f"{run.get('mode', '?')} run, {run.get('samples', '?')} recorded requests per configuration after "
-               f"{run.get('warmup', '?')} discarded, {machine.get('cores', '?')} cores, torch "
-               f"{machine.get('torch_version', '?')}, load average at start {load}; took "
+               f"{run.get('warmup', '?')} discarded, {machine.get('cores', '?')} cores, ONNX Runtime "
+               f"{machine.get('onnxruntime_version', '?')}, torch {machine.get('torch_version', '?')}, load "
+               f"average at start {load}; took "
                f"{run.get('duration_s', '?')} s. Model {model.get('name')}/{model.get('version')}"
                f"{' (the untrained demo model)' if model.get('demo') else ''}, variants "
-               f"{', '.join(d.get('variants', []))}{_skipped(d.get('skipped_variants') or {})}.")
+               f"{', '.join(_label(report, v) for v in d.get('variants', []))}"
+               f"{_skipped(d.get('skipped_variants') or {})}; served without MODEL_VARIANT: "
+               f"{_label(report, report.served_variant) if report.served_variant else 'unknown'}.")
     scope = (f"Measured at {d.get('target_threads', '?')} thread(s) on the Classifier path with the ~1 MP photo "
              "unless the row says otherwise. Printed, never asserted by tests.")
     lines = [title, "", summary, ""]
@@ -45,12 +48,18 @@ def render_markdown(report: LatencyReport) -> str:
     for path in ("classifier", "emulator"):
         rows = [r for r in report.results if r.path == path]
         if rows:
-            lines += [f"## Warm latency: {PATH_TITLES[path]}", "", *_warm_table(rows, path), ""]
+            lines += [f"## Warm latency: {PATH_TITLES[path]}", "", *_warm_table(rows, path, report.engines), ""]
     lines += _roofline(report.roofline)
     lines += _sizes(report)
     lines += _batch(d.get("batch") or {})
     lines += _machine(machine, d)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _label(report: LatencyReport, variant: str) -> str:
+    """`int8 (onnxruntime)`: a variant and its engine, where latency.json says."""
+    engine = report.engines.get(variant)
+    return f"{variant} ({engine})" if engine else variant
 
 
 def _skipped(skipped: Mapping[str, str]) -> str:
@@ -79,21 +88,27 @@ def _cold_start(report: LatencyReport) -> list[str]:
                      f"**{cold.init_ms:,.0f} ms**.")
     else:
         lines.append(f"Init: {cold.init_ms:,.0f} ms.")
-    served = sorted({c.get("variant", "?") for c in colds.get("child") or []})
-    fresh = f"A fresh process ({', '.join(served) or 'variant unknown'}, as the loader chooses), part by part"
+    served = sorted({f"{c.get('variant', '?')} ({c.get('engine', '?')})" for c in colds.get("child") or []})
+    fresh = (f"A fresh process serving {', '.join(served) or 'an unknown variant'} (MODEL_VARIANT unset: the "
+             "handler's choice), part by part in `handler.app`'s order: starting the weights prefetch (with "
+             "the loader's imports, numpy among them), the engine's import, the handler's import, its init "
+             "(`Service.from_env`: model load, session creation, warm-up), the first direct invocation")
     lines += ["", f"{fresh} (median over runs):", ""]
     lines += _table(("part", "ms"), ((part, _ms(ms)) for part, ms in cold.parts_ms.items()), "---|---:|")
     lines.append("")
     if report.peak_rss_mb is not None:
+        torch_imported = colds.get("torch_imported")
+        torch_line = "unknown" if torch_imported is None else ("yes" if torch_imported else "no")
         lines.append(f"Peak RSS of that process (after the largest photo too): **{report.peak_rss_mb:,.0f} MB**. "
-                     f"torchvision imported while serving: "
+                     f"torch imported: {torch_line}. torchvision imported while serving: "
                      f"{'YES (it should not be)' if colds.get('torchvision_imported') else 'no'}.")
         lines.append("")
     emulator = colds.get("emulator") or []
     if emulator:
         lines += ["Every emulator start:", ""]
         lines += _table(("memory", "threads", "MODEL_VARIANT", "variant served", "init ms", "first response ms"),
-                        ((f"{c['memory_mb']:,} MB", str(c["threads"]), c.get("requested", ""), c["variant"],
+                        ((f"{c['memory_mb']:,} MB", str(c["threads"]), c.get("requested", ""),
+                          f"{c['variant']} ({c['engine']})" if c.get("engine") else c["variant"],
                           _ms(c["init_ms"]), _ms(c["first_response_ms"])) for c in emulator),
                         "---|---:|---|---|---:|---:|")
         lines.append("")
@@ -105,14 +120,15 @@ def _step(r: LatencyResult, name: str) -> str:
     return _ms(step.get("p50_ms")) if step else ""
 
 
-def _warm_table(rows: Sequence[LatencyResult], path: str) -> list[str]:
+def _warm_table(rows: Sequence[LatencyResult], path: str, engines: Mapping[str, str]) -> list[str]:
     header = ["memory", "threads", "variant", "photo", "n", "p50 ms", "p90 ms", "p99 ms", "decode p50",
               "preprocess p50", "inference p50"]
     if path == "emulator":
         header.append("outside handler p50")
     body = []
     for r in rows:
-        row = [f"{r.memory_mb:,} MB", str(r.threads), r.variant, r.image, str(r.samples or ""), _ms(r.p50_ms),
+        variant = f"{r.variant} ({engines[r.variant]})" if r.variant in engines else r.variant
+        row = [f"{r.memory_mb:,} MB", str(r.threads), variant, r.image, str(r.samples or ""), _ms(r.p50_ms),
                _ms(r.p90_ms), _ms(r.p99_ms), _step(r, "decode"), _step(r, "preprocess"), _step(r, "inference")]
         if path == "emulator":
             row.append(_step(r, "outside_handler"))
@@ -133,8 +149,12 @@ def _roofline(roofline: Mapping[str, Any]) -> list[str]:
              f"linear layers). Peak: {roofline.get('matmul', '')}. Roofline time = FLOPs / peak; a ratio below 1 "
              "is faster than fp32 matmul could be.")
     lines = ["## Roofline", "", intro, ""]
-    lines += _table(("threads", "peak GFLOP/s", "roofline ms"),
-                    ((t, f"{peaks[t]:,.1f}", f"{roofs.get(t, 0):,.1f}") for t in peaks), "---:|---:|---:|")
+    measured = roofline.get("measured_gflops_by_threads") or peaks
+    if measured != peaks:
+        lines += [f"Peak used per thread count: {roofline.get('peak_rule', '')}.", ""]
+    lines += _table(("threads", "measured GFLOP/s", "peak GFLOP/s", "roofline ms"),
+                    ((t, f"{measured.get(t, peaks[t]):,.1f}", f"{peaks[t]:,.1f}", f"{roofs.get(t, 0):,.1f}")
+                     for t in peaks), "---:|---:|---:|---:|")
     variants = roofline.get("variants") or []
     if variants:
         lines += ["", *_table(("variant", "threads", "inference p50 ms", "roofline ms", "ratio"),
@@ -165,9 +185,17 @@ def _sizes(report: LatencyReport) -> list[str]:
 def _batch(batch: Mapping[str, Any]) -> list[str]:
     if not batch:
         return []
-    text = (f"`classify_batch` on {batch['batch_size']} copies of the {batch['image']} photo: "
-            f"{batch['per_image_ms']:,.1f} ms per image against {batch['single_p50_ms']:,.1f} ms for single "
-            f"requests (p50), **{batch['speedup']:.2f}x** the throughput.")
+    text = (f"Direct invocations of the handler through the emulator ({batch.get('variant', '?')}, "
+            f"{batch.get('engine', '?')}, {batch.get('threads', '?')} thread(s)): `{{\"images\": [...]}}` with "
+            f"{batch['batch_size']} copies of the {batch['image']} photo took {batch['batch_p50_ms']:,.1f} ms (p50 "
+            f"of {batch.get('batches', '?')}), {batch['per_image_ms']:,.1f} ms per image, against "
+            f"{batch['single_p50_ms']:,.1f} ms for one `{{\"image\": ...}}` (p50 of {batch.get('singles', '?')}): "
+            f"**{batch['speedup']:.2f}x** the throughput.")
+    if "batch_inference_p50_ms" in batch and "single_inference_p50_ms" in batch:
+        text += (f" The forward pass took {batch['batch_inference_p50_ms']:,.1f} ms for the batch "
+                 f"({batch['batch_inference_p50_ms'] / batch['batch_size']:,.1f} ms per image) against "
+                 f"{batch['single_inference_p50_ms']:,.1f} ms for one image; the rest is decoding, "
+                 "preprocessing, base64 and the invocation itself.")
     return ["## Batch", "", text, ""]
 
 

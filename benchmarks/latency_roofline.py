@@ -6,7 +6,8 @@ few runs per thread count. The model's work is counted from its own conv and lin
 (2 FLOPs per multiply-add; batch norm, ReLU, pooling and additions are left out, as they are a
 fraction of a percent), so a ResNet-18 or a different head gets its own figure. Roofline time
 = FLOPs / peak; a variant's ratio = its inference p50 / that time (below 1 means faster than
-fp32 matmul could be, as int8 kernels can be).
+fp32 matmul could be, as int8 kernels can be). This is the one place the benchmark's parent
+process uses torch for arithmetic: the variants themselves run through the serving `Predictor`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from model_store.manifest import Architecture
 from model_store.variants import torch_threads
 
 MATMUL_SIZE = 2048
@@ -75,13 +77,48 @@ def count_flops(model: nn.Module, input_hw: tuple[int, int]) -> int:
     return total
 
 
+def network_flops(arch: Architecture, num_classes: int, input_hw: tuple[int, int]) -> int:
+    """FLOPs of the fp32 network a manifest describes, whatever variant serves it.
+
+    Counted on a freshly built torch network (the weights do not change the work): the ONNX
+    variants run the same layers, and an int8 graph's operators are not `nn.Conv2d`.
+    """
+    from model_store.resnet import build_model
+
+    return count_flops(build_model(arch, num_classes).eval(), input_hw)
+
+
+def monotone_peaks(measured: dict[int, float]) -> dict[int, float]:
+    """Each thread count's peak, never below a smaller thread count's.
+
+    More threads cannot lower what the hardware can do; a lower figure means other work took the
+    extra cores during the timing. Taken as measured, it would lengthen the roofline time and
+    make every ratio look better than it is, so the best figure at up to that many threads counts.
+    """
+    peaks: dict[int, float] = {}
+    best = 0.0
+    for threads in sorted(measured):
+        best = max(best, measured[threads])
+        peaks[threads] = best
+    return peaks
+
+
 @dataclass(frozen=True)
 class Roofline:
-    """Peak per thread count and the model's work; turns an inference time into a ratio."""
+    """Peak per thread count and the model's work; turns an inference time into a ratio.
+
+    `gflops_by_threads` is what the ratios use (`monotone_peaks` of the measurement);
+    `measured_gflops_by_threads` is the raw measurement, kept for the report.
+    """
 
     flops: int
     gflops_by_threads: dict[int, float]
     matmul_size: int = MATMUL_SIZE
+    measured_gflops_by_threads: dict[int, float] | None = None
+
+    @classmethod
+    def from_measured(cls, flops: int, measured: dict[int, float]) -> Roofline:
+        return cls(flops, monotone_peaks(measured), measured_gflops_by_threads=dict(measured))
 
     def time_ms(self, threads: int) -> float:
         """What one forward pass would take at this thread count's fp32 matmul peak."""
@@ -95,5 +132,9 @@ class Roofline:
             "model_gflop": round(self.flops / 1e9, 3),
             "matmul": f"fp32 torch.matmul {self.matmul_size}x{self.matmul_size}, best of several runs",
             "peak_gflops_by_threads": {str(t): round(g, 1) for t, g in sorted(self.gflops_by_threads.items())},
+            "measured_gflops_by_threads": {str(t): round(g, 1) for t, g in
+                                           sorted((self.measured_gflops_by_threads or self.gflops_by_threads).items())},
+            "peak_rule": "the best matmul figure at up to that many threads (more threads cannot lower the peak; "
+                         "a lower measurement means other work took the cores)",
             "roofline_ms_by_threads": {str(t): round(self.time_ms(t), 2) for t in sorted(self.gflops_by_threads)},
         }

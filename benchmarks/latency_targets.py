@@ -9,7 +9,7 @@ cores), on the Classifier path with the ~1 MP photo unless it says otherwise.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.latency_roofline import Roofline
@@ -70,26 +70,46 @@ class TargetFigures:
     batch_speedup: float | None  # single-request ms per image / batch ms per image
     batch_size: int | None
     batch_variant: str | None = None  # the variant served by default, which the batch ran
+    engines: Mapping[str, str] = field(default_factory=dict)  # variant -> "onnxruntime" | "torch"
+    served_variant: str | None = None  # what the function serves without MODEL_VARIANT
+    torch_imported: bool | None = None  # whether the fresh serving process imported torch
+    decode_split_ms: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # label -> (decode, preprocess)
+    decode_variant: str | None = None  # whose Classifier the decode figures come from (the served one if measured)
+
+    def label(self, variant: str | None) -> str:
+        """`int8 (onnxruntime)`: a variant and the engine that ran it, for the detail column."""
+        if variant is None:
+            return "variant unknown"
+        engine = self.engines.get(variant)
+        return f"{variant} ({engine})" if engine else variant
 
 
 def evaluate(f: TargetFigures) -> tuple[Target, ...]:
     """Every target of issue 8 against the figures (n/a rows say why)."""
     rows = [_roofline_target(f, "int8", INT8_ROOFLINE), _roofline_target(f, "fp32", FP32_ROOFLINE)]
+    served = f.label(f.served_variant)
+    decoded_by = f.label(f.decode_variant or f.served_variant)
     for label, limit in DECODE_TARGETS_MS.items():
         ms = f.decode_preprocess_p50_ms.get(label)
+        split = f.decode_split_ms.get(label)
+        detail = f"Classifier of {decoded_by}" if split is None else \
+            f"decode {split[0]:.1f} + preprocess {split[1]:.1f} ms (p50 each), Classifier of {decoded_by}"
         rows.append(Target(f"decode + preprocess p50, {label} JPEG", ms, limit, "ms", "<=",
-                           "" if ms is not None else f"n/a: no {label} photo measured"))
+                           detail if ms is not None else f"n/a: no {label} photo measured"))
     rows.append(Target("cold start: runtime start to first response", f.cold_start_ms, COLD_START_MS, "ms", "<=",
-                       "emulator, weights on local disk" if f.cold_start_ms is not None else "n/a: not measured"))
+                       f"emulator, weights on local disk, {served}" if f.cold_start_ms is not None
+                       else "n/a: not measured"))
+    torch_note = "" if f.torch_imported is None else f", torch imported: {'yes' if f.torch_imported else 'no'}"
     rows.append(Target("peak RSS (cold start + largest photo)", f.peak_rss_mb, PEAK_RSS_MB, "MB", "<=",
-                       "VmHWM of a fresh process" if f.peak_rss_mb is not None else "n/a: not measured"))
+                       f"VmHWM of a fresh serving process, {served}{torch_note}" if f.peak_rss_mb is not None
+                       else "n/a: not measured"))
+    name = "batch throughput per image vs single requests"
     if f.batch_speedup is None:
-        rows.append(Target("batch throughput per image vs single requests", None, BATCH_SPEEDUP, "x", ">=",
-                           "n/a: the Classifier has no classify_batch"))
+        rows.append(Target(name, None, BATCH_SPEEDUP, "x", ">=", "n/a: not measured"))
     else:
-        rows.append(Target("batch throughput per image vs single requests", f.batch_speedup, BATCH_SPEEDUP, "x",
-                           ">=", f"batch of {f.batch_size}, 1mp photo"
-                           + (f", {f.batch_variant}" if f.batch_variant else "")))
+        rows.append(Target(name, f.batch_speedup, BATCH_SPEEDUP, "x", ">=",
+                           f"direct invocation, batch of {f.batch_size} vs single, 1mp photo, "
+                           f"{f.label(f.batch_variant)}"))
     return tuple(rows)
 
 
@@ -104,7 +124,7 @@ def _roofline_target(f: TargetFigures, kind: str, factor: float) -> Target:
     variant, ms = min(measured.items(), key=lambda item: item[1])
     threads = f"{f.threads} thread{'s' if f.threads != 1 else ''}"
     return Target(name, ms, goal_ms, "ms", "<=",
-                  f"{variant}: {ms / roof_ms:.2f} x the roofline ({roof_ms:.1f} ms at {threads})")
+                  f"{f.label(variant)}: {ms / roof_ms:.2f} x the roofline ({roof_ms:.1f} ms at {threads})")
 
 
 def format_value(value: float | None, unit: str) -> str:

@@ -125,7 +125,7 @@ class LoadSettings:
     concurrency: int = 2
     hostile_fraction: float = 0.05
     seed: int = 6
-    threads: int | None = None  # torch threads per runtime; default: this machine's CPUs / concurrency
+    threads: int | None = None  # inference threads per runtime (OMP_NUM_THREADS); default: CPUs / concurrency
     memory_mb: int = 3008
     max_rss_growth_pct: float = 5.0
     max_p99_ratio: float = 2.0
@@ -151,7 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS} requests instead of 2000")
     parser.add_argument("--seed", type=int, default=6, help="seed of the request order (default: 6)")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads per runtime (default: this machine's CPUs divided by --concurrency)")
+                        help="inference threads per runtime, as OMP_NUM_THREADS (default: this machine's CPUs "
+                             "divided by --concurrency)")
     parser.add_argument("--memory-mb", type=int, default=3008, metavar="MB",
                         help="the emulated function's memory size, as reported (default: 3008)")
     parser.add_argument("--max-rss-growth", type=float, default=5.0, metavar="PCT",
@@ -274,7 +275,7 @@ def run_load(settings: LoadSettings, model: ModelRef, progress: Callable[[str], 
                             concurrency=settings.concurrency, timeout_s=60.0, memory_mb=settings.memory_mb,
                             environment={"OMP_NUM_THREADS": str(threads), "POWERTOOLS_METRICS_DISABLED": "true"})
     progress(f"starting {settings.concurrency} runtimes of {model.name}/{model.version} "
-             f"({model.manifest.arch.label}, {threads} torch thread(s) each)")
+             f"({model.manifest.arch.label}, {threads} inference thread(s) each)")
     try:
         emulator = Emulator(config, log=log.append).start()
     except EmulatorError as exc:

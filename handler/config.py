@@ -45,7 +45,8 @@ class Settings:
     retry_max_seconds: float = 60.0
     cors_allow_origin: str | None = None
     metrics_class_dimension: bool = False
-    torch_threads: int | None = None
+    # The inference engine's intra-op threads (OMP_NUM_THREADS); None: every CPU the process may use.
+    threads: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +72,7 @@ class Settings:
             alias_refresh_seconds=float(_int(env, "MODEL_REFRESH_SECONDS", 60, 1, problems)),
             cors_allow_origin=_optional(env, "CORS_ALLOW_ORIGIN"),
             metrics_class_dimension=_bool(env, "METRICS_CLASS_DIMENSION", problems),
-            torch_threads=_int(env, "OMP_NUM_THREADS", 0, 0, problems) or None,
+            threads=_int(env, "OMP_NUM_THREADS", 0, 0, problems) or None,
         )
         for kind, value in (("MODEL_NAME", settings.model_name), ("MODEL_VERSION", version),
                             ("MODEL_ALIAS", alias), ("MODEL_VARIANT", settings.model_variant)):

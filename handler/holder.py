@@ -27,7 +27,10 @@ LoadFn = Callable[..., Classifier]
 
 
 class ModelHolder:
-    """Owns the current `Classifier` (or the reason there is none) for one runtime."""
+    """Owns the current `Classifier` (or the reason there is none) for one runtime.
+
+    `threads` goes to every load (the engine's intra-op threads; None lets the loader choose).
+    """
 
     def __init__(
         self,
@@ -38,8 +41,10 @@ class ModelHolder:
         resolve_alias: Callable[[], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         config_error: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self.settings = settings
+        self.threads = threads
         self.telemetry = telemetry
         self._load = load or self._load_from_root
         self._resolve_alias = resolve_alias or self._alias_target
@@ -136,6 +141,7 @@ class ModelHolder:
             alias=None if version else settings.model_alias,
             variant=settings.model_variant,
             max_image_pixels=settings.max_image_pixels,
+            threads=self.threads,
         )
 
     def _alias_target(self) -> str:

@@ -10,12 +10,9 @@ each (CORS preflight). Anything else without `requestContext.http` is a direct i
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from handler import responses
 from handler.classifier import Classifier, elapsed_ms
@@ -41,6 +38,7 @@ from handler.exceptions import (
 from handler.holder import ModelHolder
 from handler.observability import RequestRecord, Telemetry
 from handler.s3 import S3ImageFetcher
+from model_store.predictor import available_cpus
 
 ROUTES: dict[str, tuple[str, ...]] = {
     "/predict": ("POST",),
@@ -85,7 +83,11 @@ class Service:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, telemetry: Telemetry | None = None) -> Service:
-        """Read the environment, size torch's thread pool, and try the first model load. Never raises."""
+        """Read the environment and try the first model load. Never raises.
+
+        The engine's thread count is `OMP_NUM_THREADS`, else every CPU this process may use; the
+        loader hands it to the engine it builds (ONNX Runtime's session, or torch's pool for fp32).
+        """
         problem = None
         try:
             settings = Settings.from_env(environ)
@@ -93,8 +95,8 @@ class Service:
             settings, problem = Settings(), str(exc)
         telemetry = telemetry or Telemetry(class_dimension=settings.metrics_class_dimension)
         configure_pillow(settings.max_image_pixels)
-        torch.set_num_threads(settings.torch_threads or available_cpus())
-        holder = ModelHolder(settings, telemetry, config_error=problem)
+        threads = settings.threads or available_cpus()
+        holder = ModelHolder(settings, telemetry, config_error=problem, threads=threads)
         holder.start()
         return cls(settings, holder, telemetry)
 
@@ -190,11 +192,3 @@ class Service:
         classifier = self.holder.get()
         record.model_version, record.variant = classifier.manifest.version, classifier.variant
         return classifier
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (Lambda: 2 up to 3,008 MB ... 6 at 10,240 MB)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)

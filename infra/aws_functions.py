@@ -14,14 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from infra.aws_base import AWSBase, error_code, iam_not_propagated, resource_conflict
-from infra.resources import FunctionSpec
+from infra.aws_base import CLIENT_CONFIG, AWSBase, error_code, iam_not_propagated, resource_conflict
+from infra.exceptions import ModelSyncError
+from infra.resources import EFS_MODEL_TAG, FunctionSpec, efs_model_marker
 from infra.state import (
     AliasState,
     FunctionState,
     LogGroupState,
+    ModelSyncResult,
     RoleState,
     ScalingState,
     UrlState,
@@ -31,6 +34,15 @@ from infra.state import (
 IAM_PROPAGATION_TIMEOUT = 120.0
 LAMBDA_WAIT = {"Delay": 2, "MaxAttempts": 450}  # VPC functions can take minutes to become Active
 SCALABLE_DIMENSION = "lambda:function:ProvisionedConcurrency"
+# A synchronous invocation answers only when the function returns: the read timeout must outlast
+# Lambda's longest timeout (900 s), and a timed-out read must not be retried (it would start a
+# second sync behind the first one's lock).
+INVOKE_CLIENT_CONFIG = CLIENT_CONFIG.merge(BotoConfig(read_timeout=960, retries={"total_max_attempts": 1}))
+# What Lambda answers, before the handler runs, while a new VPC function's network interfaces or
+# EFS mount targets are still settling; retried within EFS_READY_TIMEOUT.
+NOT_READY_CODES = ("EFSMountConnectivityException", "EFSMountTimeoutException", "ResourceNotReadyException",
+                   "ResourceConflictException", "TooManyRequestsException")
+EFS_READY_TIMEOUT = 180.0
 
 
 def _not_found(exc: ClientError) -> bool:
@@ -324,6 +336,52 @@ class FunctionsMixin(AWSBase):
         self.client("application-autoscaling").deregister_scalable_target(
             ServiceNamespace="lambda", ResourceId=f"function:{function}:{qualifier}",
             ScalableDimension=SCALABLE_DIMENSION)
+
+    def sync_model(self, spec: FunctionSpec, arn: str, model: str, version: str) -> ModelSyncResult:
+        """Run the model-sync function for `model/version` and wait for it (RequestResponse).
+
+        Syncing is idempotent (a complete version costs no download), so this is safe to repeat.
+        On success the function is tagged with `EFS_MODEL_TAG`, which is how the next plan knows
+        the version is on EFS; on failure it is not, so the next deploy tries again.
+        """
+        payload = json.dumps({"version": version}).encode()
+        client = self._invoke_client()
+        answer = self.retry_while(
+            f"running {spec.name}",
+            lambda: client.invoke(FunctionName=spec.name, InvocationType="RequestResponse", Payload=payload),
+            lambda exc: error_code(exc) in NOT_READY_CODES, EFS_READY_TIMEOUT, first_delay=5.0)
+        body = answer["Payload"].read().decode("utf-8", errors="replace")
+        try:
+            result = json.loads(body or "null")
+        except ValueError:
+            result = None
+        if answer.get("FunctionError"):
+            detail = result if isinstance(result, dict) else {}
+            kind = detail.get("errorType", answer["FunctionError"])
+            reason = f"{kind}: {detail.get('errorMessage', body[:300])}"
+            raise ModelSyncError(f"model {model} version {version} could not be synced to EFS: {spec.name} "
+                                 f"failed with {reason} (its log group: /aws/lambda/{spec.name}); "
+                                 "fix that and deploy again")
+        synced = result.get("synced") if isinstance(result, dict) else None
+        item = next((i for i in synced or [] if isinstance(i, dict) and i.get("version") == version), None)
+        if item is None:
+            raise ModelSyncError(f"model {model} version {version}: {spec.name} answered without syncing it "
+                                 f"({body[:200]}); its image predates direct sync requests: push a new one")
+        report = ModelSyncResult(name=str(item.get("name", model)), version=version,
+                                 directory=str(item.get("directory", "")),
+                                 downloaded=bool(item.get("downloaded")),
+                                 bytes_downloaded=int(item.get("bytes_downloaded", 0)))
+        self.progress(f"{model}/{version} is on EFS at {report.directory} ("
+                      + (f"downloaded {report.bytes_downloaded / 1e6:.1f} MB)" if report.downloaded
+                         else "already complete, nothing downloaded)"))
+        self.tag_function(arn, {EFS_MODEL_TAG: efs_model_marker(spec, model, version)})
+        return report
+
+    def _invoke_client(self) -> Any:
+        if "lambda-invoke" not in self._clients:
+            self._clients["lambda-invoke"] = self.session.client("lambda", region_name=self.region,
+                                                                 config=INVOKE_CLIENT_CONFIG)
+        return self._clients["lambda-invoke"]
 
     def delete_function(self, name: str) -> None:
         """Deletes its versions, aliases, URL and concurrency settings with it."""

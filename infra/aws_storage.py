@@ -48,6 +48,12 @@ class StorageMixin(AWSBase):
                 "LambdaFunctionConfigurations", [])),
         )
 
+    def object_exists(self, bucket: str, key: str) -> bool:
+        """Is `key` in `bucket`? A listing (s3:ListBucket), so the deployer needs no s3:GetObject."""
+        found = self.client("s3").list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1,
+                                                  ExpectedBucketOwner=self.account_id())
+        return any(item.get("Key") == key for item in found.get("Contents", []))
+
     @staticmethod
     def _optional(read: Any, missing_code: str) -> Any:
         try:

@@ -31,6 +31,11 @@ class DeployError(InfraError):
     """The plan cannot be carried out as configured (e.g. a canary is in progress)."""
 
 
+class ModelSyncError(DeployError):
+    """The model-sync function could not copy the configured model version to EFS (the message
+    names the version, the function and the function's own error)."""
+
+
 class ReleaseError(InfraError):
     """A canary, promote or rollback request does not fit the alias's current routing."""
 

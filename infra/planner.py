@@ -65,6 +65,7 @@ class DeployPlanner(FunctionsPlanning):
         self.remote = remote
         self.allow_public = allow_public
         self.b = PlanBuilder()
+        self.bucket_exists = False  # set by plan_bucket: a bucket being created holds no model yet
         self.cleanup = PlanBuilder()  # steps that must run last (replaced resources)
 
     def plan(self) -> Plan:
@@ -90,6 +91,7 @@ class DeployPlanner(FunctionsPlanning):
             self.b.call(label, "enable versioning", "enable_versioning", name=name)
             self.b.call(label, "deny requests without TLS", "put_bucket_policy", name=name, policy=policy)
             return ()
+        self.bucket_exists = True
         before = len(self.b.steps)
         if dict(state.public_access_block or {}) != PUBLIC_ACCESS_BLOCK:
             self.b.call(label, f"block all public access on {name}", "block_public_access", name=name)

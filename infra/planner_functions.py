@@ -18,6 +18,7 @@ from infra.plan import PlanBuilder, has_refs
 from infra.policies import inference_role_policy, lambda_trust_policy, sync_role_policy
 from infra.resources import (
     ALIAS,
+    EFS_MODEL_TAG,
     INLINE_POLICY,
     MANIFEST_SUFFIX,
     ROLE_PATH,
@@ -26,6 +27,7 @@ from infra.resources import (
     Value,
     alarm_specs,
     cors_parameters,
+    efs_model_marker,
     fingerprint_of,
     inference_spec,
     sync_spec,
@@ -47,6 +49,7 @@ class FunctionsPlanning:
     stack: Stack
     remote: RemoteState
     allow_public: bool
+    bucket_exists: bool
     b: PlanBuilder
 
     def plan_roles(self, file_system: FileSystemIds) -> None:
@@ -62,7 +65,9 @@ class FunctionsPlanning:
         for function in (stack.inference_function, stack.sync_function):
             self.plan_log_group(function)
         sync = sync_spec(stack, network.subnet_ids, network.sync_groups, ap_arn)
-        self.plan_sync_function(sync, bucket_notifications)
+        sync_state = self.plan_sync_function(sync, bucket_notifications)
+        # Before the inference function: a new version goes live with its model already on EFS.
+        self.plan_model_on_efs(sync, sync_state)
         inference = inference_spec(stack, network.subnet_ids, network.inference_groups, ap_arn)
         state = self.remote.function(inference.name)
         alias = self.remote.alias(inference.name, ALIAS) if state else None
@@ -136,7 +141,9 @@ class FunctionsPlanning:
             changed = True
         return changed
 
-    def plan_sync_function(self, spec: FunctionSpec, notifications: tuple[dict[str, Any], ...]) -> None:
+    def plan_sync_function(self, spec: FunctionSpec,
+                           notifications: tuple[dict[str, Any], ...]) -> FunctionState | None:
+        """Returns the function's current state (None when it is created now)."""
         label, stack = "model-sync function", self.stack
         state = self.remote.function(spec.name)
         if not self.plan_function_update(spec, state, label):
@@ -156,6 +163,38 @@ class FunctionsPlanning:
                         suffix=MANIFEST_SUFFIX)
         else:
             self.b.unchanged("model bucket", f"new manifests under {stack.model_key_prefix} trigger {spec.name}")
+        return state
+
+    def plan_model_on_efs(self, spec: FunctionSpec, state: FunctionState | None) -> None:
+        """Invoke model-sync for the configured version unless the last deploy confirmed it on EFS.
+
+        S3 events sync only versions published after the sync function existed; a version
+        published earlier (or a sync that failed) would leave the inference function answering
+        503. The planner cannot look into EFS, so `sync_model` tags the sync function with what it
+        confirmed (`EFS_MODEL_TAG`: version and sync spec); the step is planned when that tag does
+        not match, i.e. on the first deploy, a new configured version, or a changed sync function
+        (a new file system, another store). Skipped while the version is not in S3: then its S3
+        event will sync it.
+        """
+        label, stack = "model on EFS", self.stack
+        model, version = stack.config.model.name, stack.config.model.version
+        key = stack.manifest_key(version)
+        if not (self.bucket_exists and self.remote.object_exists(stack.bucket, key)):
+            self.b.unchanged(label, f"{model}/{version}: not published yet (no s3://{stack.bucket}/{key})")
+            self.b.note(f"model {model} version {version} is not in {stack.store_uri}: the inference "
+                        "function answers 503 until you publish it (python -m model_store publish ... "
+                        f"--store {stack.store_uri} --name {model} --version {version}); its S3 event then "
+                        "syncs it to EFS")
+            return
+        marker = None if has_refs(spec) else efs_model_marker(spec, model, version)
+        confirmed = state.tags.get(EFS_MODEL_TAG) if state else None
+        if marker is not None and confirmed == marker:
+            self.b.unchanged(label, f"{model}/{version} (confirmed by {spec.name}, "
+                                    f"spec {fingerprint_of(marker)})")
+            return
+        self.b.call(label, f"copy {model}/{version} from S3 to EFS: run {spec.name} and wait for it "
+                           f"(last confirmed: {confirmed or 'nothing'})", "sync_model",
+                    spec=spec, arn=stack.function_arn(spec.name), model=model, version=version)
 
     def plan_live_version(self, spec: FunctionSpec, state: FunctionState | None, alias: AliasState | None) -> Value:
         """Make `live` serve `spec`; returns the version it will point at (a `Ref` if published now)."""

@@ -28,6 +28,10 @@ INLINE_POLICY = "breedserve-least-privilege"
 INFERENCE_COMMAND = ("handler.app.lambda_handler",)
 SYNC_COMMAND = ("handler.sync_app.lambda_handler",)
 MANIFEST_SUFFIX = "/manifest.json"
+# The model-sync function's tag recording what the last deploy confirmed on EFS: "<model>/<version>
+# spec <sync spec fingerprint>". The planner compares it, so a deploy invokes model-sync only when
+# the configured version, or where and how model-sync writes, changed since that confirmation.
+EFS_MODEL_TAG = "breedserve:efs-model"
 # How a published version records the spec it was made from (versions are immutable, so this
 # record cannot drift): "... spec 0123456789ab".
 _FINGERPRINT_RE = re.compile(r"\bspec ([0-9a-f]{12})\b")
@@ -70,6 +74,10 @@ class Stack:
     def model_key_prefix(self) -> str:
         """Where the configured model's versions live in the bucket: `<prefix>/<name>/`."""
         return f"{self.config.model.prefix}/{self.config.model.name}/"
+
+    def manifest_key(self, version: str) -> str:
+        """The S3 key `publish` writes last for a version: its presence means the version is complete."""
+        return f"{self.model_key_prefix}{version}{MANIFEST_SUFFIX}"
 
     @property
     def repository(self) -> str:
@@ -184,6 +192,15 @@ class FunctionSpec:
     def code_changed(self, state: FunctionState) -> bool:
         """Image and architecture change through UpdateFunctionCode, the rest through configuration."""
         return self.image_uri != state.image_uri or self.architecture != state.architecture
+
+
+def efs_model_marker(sync: FunctionSpec, model: str, version: str) -> str:
+    """The `EFS_MODEL_TAG` value for `model/version` synced by the model-sync function `sync`.
+
+    Tag values hold 256 characters; two maximal names do not fit, and are hashed instead.
+    """
+    marker = f"{model}/{version} spec {sync.fingerprint()}"
+    return marker if len(marker) <= 256 else f"sha256 {hashlib.sha256(marker.encode()).hexdigest()}"
 
 
 def fingerprint_of(description: str) -> str | None:

@@ -196,12 +196,24 @@ class AlarmState:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelSyncResult:
+    """What the model-sync function reported after a synchronous invocation."""
+
+    name: str
+    version: str
+    directory: str
+    downloaded: bool
+    bytes_downloaded: int
+
+
 class RemoteState(Protocol):
     """The read-only half of the façade: everything a planner may ask. No call here changes AWS."""
 
     def account_id(self) -> str: ...
     def availability_zones(self) -> list[str]: ...
     def bucket(self, name: str) -> BucketState | None: ...
+    def object_exists(self, bucket: str, key: str) -> bool: ...
     def repository(self, name: str) -> RepositoryState | None: ...
     def find_vpc(self, stack: str) -> str | None: ...
     def find_subnets(self, vpc_id: str, stack: str) -> dict[str, SubnetState]: ...

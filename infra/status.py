@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from infra.aws import AWS
 from infra.inventory import Inventory, take_inventory
-from infra.resources import ALIAS, Stack, fingerprint_of
+from infra.resources import ALIAS, EFS_MODEL_TAG, Stack, fingerprint_of
 
 MISSING = "missing (run deploy)"
 
@@ -43,6 +43,12 @@ def status_lines(stack: Stack, aws: AWS) -> list[str]:
         state = inventory.functions.get(name)
         row("function", f"{name}: {state.state}/{state.last_update_status or '-'}, {state.architecture}, "
                         f"{state.memory_mb} MB, image {state.image_uri}" if state else f"{name}: {MISSING}")
+    sync = inventory.functions.get(stack.sync_function)
+    if sync is not None:
+        confirmed = sync.tags.get(EFS_MODEL_TAG)
+        row("model on EFS",
+            f"{confirmed} (confirmed by the last deploy that ran {stack.sync_function})" if confirmed
+            else f"not confirmed by a deploy; published versions reach EFS through {stack.sync_function}")
     lines += _alias_lines(stack, aws, inventory)
     for name, alarm in sorted(inventory.alarms.items()):
         row("alarm", f"{name}: {alarm.state}")

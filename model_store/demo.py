@@ -6,9 +6,10 @@ bit for bit. Random numbers come from numpy's PCG64 bit stream (fixed by its alg
 by a library version or a CPU), turned into floats with exact integer arithmetic and one
 correctly-rounded float32 multiply per weight, so no platform math library is involved.
 
-The demo publishes the faster variants too (int8 calibrated on generated pictures, and the
-optimized graph when it measures faster here), so `make demo`, `make serve` and the benchmarks
-show the fast path without any user data. Calibration is not training: `trained` stays false.
+The demo publishes the faster variants too (the int8 ONNX graph calibrated on generated
+pictures, and the fp32 ONNX graph when it measures faster than torch here), so `make demo`,
+`make serve` and the benchmarks show the fast path without any user data. Calibration is not
+training: `trained` stays false.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def publish_demo(store_uri: str, name: str, version: str, alias: str | None = No
                  variants: bool = True, progress: bool = True) -> Manifest:
     """Publish the seed-0 demo model, marked `trained: false`, with the `resize224` preprocessing.
 
-    With `variants`, also int8 (calibrated on `demo_pictures`) and the optimized fp32 graph,
-    each kept only if it passes its gate (`model_store.variants`).
+    With `variants`, also int8 (calibrated on `demo_pictures`) and the fp32 ONNX graph, each
+    kept only if it passes its gate (`model_store.variants`).
     """
     from model_store.publish import publish_state_dict  # publish imports the store: only when needed
 

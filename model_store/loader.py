@@ -3,24 +3,33 @@
 A model root looks like this (`sync` writes it, this module only reads it):
 
     <root>/<name>/versions/<version>/manifest.json
-    <root>/<name>/versions/<version>/model.safetensors
-    <root>/<name>/<alias> -> versions/<version>        relative symlink
+    <root>/<name>/versions/<version>/model.safetensors      fp32, always
+    <root>/<name>/versions/<version>/model-int8.onnx        int8, when it passed its gate
+    <root>/<name>/versions/<version>/model-fp32.onnx        fp32-graph, when it was faster
+    <root>/<name>/<alias> -> versions/<version>              relative symlink
 
 Loading never trusts the disk: the manifest is parsed strictly and every weights file is checked
-against its recorded size and sha256 before it is used. The network is built on the `meta`
-device and the safetensors tensors are assigned into it, which skips both random initialisation
-and a copy (that is most of a cold start). torch is imported only when a model is built, so
-`sync` and the CLI can use the layout helpers here without paying for it.
+against its recorded size and sha256 before it is used. What comes back is a `Predictor`
+(`model_store.predictor`): numpy in, numpy logits out, whichever engine runs it.
 
-A version may carry faster variants made at publish time (`model_store.variants`): `int8`
-(rebuilt from plain int8 tensors for the quantized engine its format names) and `fp32-graph` (a
-frozen TorchScript graph, loaded only from bytes whose sha256 matched). Without an explicit
-variant, `choose_variant` takes the fastest one present that this machine can run.
+- `int8` and `fp32-graph` are ONNX graphs run by ONNX Runtime. A serialized graph is code, so the
+  file is read into memory once, those bytes are hashed and checked, and the same bytes are
+  handed to ONNX Runtime: nothing can change between the check and the run. Loading them never
+  imports torch (over a second of cold start); this module and the ones it imports for them
+  (`manifest`, `checksums`, `predictor`, `exceptions`) import no torch at module level.
+- `fp32` is the safetensors file: the network is built on the `meta` device and the tensors are
+  assigned into it, which skips both random initialisation and a copy, then wrapped in a
+  `TorchPredictor`. torch is imported only here, so `sync` and the CLI can use the layout helpers
+  without paying for it.
+
+Without an explicit variant, `choose_variant` takes the fastest one present that this machine
+can run; if it fails to load, the next fastest is tried and the failure is logged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
@@ -37,23 +46,27 @@ from model_store.exceptions import (
     VariantError,
     VersionNotFoundError,
 )
-from model_store.manifest import MANIFEST_FILE, Manifest, WeightsFile, check_name
+from model_store.manifest import MANIFEST_FILE, VARIANT_FORMATS, Manifest, WeightsFile, check_name
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from model_store.predictor import Predictor  # numpy: not before the prefetch starts
 
 VERSIONS_DIR = "versions"
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "fp32"
 VARIANT_PREFERENCE = ("int8", "fp32-graph", "fp32")
 """Without MODEL_VARIANT: the first of these a version has and this machine runs (fastest first)."""
+ONNX_VARIANTS = frozenset({"int8", "fp32-graph"})
+"""Variants stored as ONNX graphs and run by ONNX Runtime."""
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready for inference (eval mode) with the manifest and directory it came from."""
+    """A model ready for inference, with the manifest and directory it came from and the variant that runs."""
 
-    model: nn.Module
+    predictor: Predictor
     manifest: Manifest
     directory: Path
     variant: str
@@ -202,11 +215,19 @@ def verify_version_dir(directory: Path, *, name: str | None = None, version: str
 
 # --- loading ------------------------------------------------------------------------------------
 
-VariantLoader = Callable[[Manifest, Path], "nn.Module"]
-"""Build the network for a manifest and fill it from a verified weights file."""
+VariantLoader = Callable[[Manifest, Path, "int | None"], "Predictor"]
+"""Verify a version's file for one variant and build its predictor with that many threads (None: all CPUs)."""
 
 
-def _load_fp32(manifest: Manifest, weights_path: Path) -> nn.Module:
+def _load_fp32(manifest: Manifest, directory: Path, threads: int | None) -> Predictor:
+    from model_store.predictor import TorchPredictor
+
+    _check_format(manifest, "fp32")
+    weights_path = verify_weights_file(directory, manifest.weights["fp32"], reuse_digest=True)
+    return TorchPredictor(_fp32_module(manifest, weights_path), threads)
+
+
+def _fp32_module(manifest: Manifest, weights_path: Path) -> nn.Module:
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -232,47 +253,91 @@ def _load_fp32(manifest: Manifest, weights_path: Path) -> nn.Module:
             f"{weights_path} does not fit {manifest.arch.label} with {manifest.num_classes} classes "
             f"as the manifest says: {' '.join(line.strip() for line in first[:4])}"
         ) from exc
-    return model
+    return model.eval()
 
 
-def _load_int8(manifest: Manifest, weights_path: Path) -> nn.Module:
-    from model_store.quantize import engine_of, load_int8
+def _load_onnx(manifest: Manifest, directory: Path, threads: int | None, variant: str) -> Predictor:
+    """Read once, verify those bytes, run those bytes: a graph is never parsed before its sha256 matched."""
+    from model_store.predictor import OnnxPredictor
 
-    engine = engine_of(manifest.weights["int8"].format)
-    if engine is None:
-        raise VariantError(f"{weights_path}: the int8 variant has format "
-                           f"{manifest.weights['int8'].format!r}, expected 'safetensors-int8-<engine>'")
-    return load_int8(manifest.arch, manifest.num_classes, weights_path, engine)
+    _check_format(manifest, variant)
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise VariantError(f"the {variant} variant runs on ONNX Runtime, which is not installed here: "
+                           "install onnxruntime or serve MODEL_VARIANT=fp32")
+    entry = manifest.weights[variant]
+    path = directory / entry.file
+    data = read_verified_bytes(path, entry)
+    try:
+        predictor = OnnxPredictor(data, threads)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VariantError(f"{path} passed its checksum but ONNX Runtime cannot run it: {reason}") from exc
+    _check_signature(predictor, manifest, path)
+    return predictor
 
 
-def _load_graph(manifest: Manifest, weights_path: Path) -> nn.Module:
-    from model_store.graph import GRAPH_FORMAT, load_graph
+def _check_signature(predictor: Predictor, manifest: Manifest, path: Path) -> None:
+    """The graph must take `input` [N, 3, H, W] and give `logits` [N, classes] for this manifest."""
+    from model_store.predictor import ONNX_INPUT, ONNX_OUTPUT
 
-    entry = manifest.weights["fp32-graph"]
-    if entry.format != GRAPH_FORMAT:
-        raise VariantError(f"{weights_path}: the fp32-graph variant has format {entry.format!r}, "
-                           f"expected {GRAPH_FORMAT!r}")
-    return load_graph(weights_path, entry)  # verifies the very bytes it loads
+    session = getattr(predictor, "session", None)
+    if session is None:
+        return
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if ([i.name for i in inputs] != [ONNX_INPUT] or [o.name for o in outputs] != [ONNX_OUTPUT]
+            or len(inputs[0].shape) != 4 or classes != manifest.num_classes):
+        found = ", ".join(f"{v.name}{list(v.shape)}" for v in [*inputs, *outputs])
+        raise ArchitectureError(f"{path} is not a graph of {manifest.num_classes} classes with input "
+                                f"{ONNX_INPUT!r} and output {ONNX_OUTPUT!r}: it has {found}")
+
+
+def read_verified_bytes(path: Path, expected: WeightsFile) -> bytes:
+    """The file's bytes, read once, after their size and sha256 matched the manifest; ChecksumError if not."""
+    try:
+        size = path.stat().st_size  # a replaced file of another size is refused before it is read
+        data = path.read_bytes() if size == expected.size else b""
+    except FileNotFoundError:
+        raise ChecksumError(f"{path} is missing ({expected.size} bytes expected)") from None
+    if size != expected.size or len(data) != expected.size:
+        found = size if size != expected.size else len(data)
+        raise ChecksumError(f"{path} is {found} bytes but the manifest records {expected.size} "
+                            "(truncated or replaced); nothing from it was loaded")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected.sha256:
+        raise ChecksumError(f"{path} has sha256 {digest} but the manifest records {expected.sha256}; "
+                            "nothing from it was loaded (a graph is code)")
+    return data
+
+
+def _check_format(manifest: Manifest, variant: str) -> None:
+    """A variant published by an older breedserve in a format this one no longer runs: say how to fix it."""
+    found, wanted = manifest.weights[variant].format, VARIANT_FORMATS[variant]
+    if found != wanted:
+        raise VariantError(
+            f"{manifest.name}/{manifest.version}: the {variant} variant has format {found!r}, but this "
+            f"breedserve serves {variant} only as {wanted!r}; republish the model as a new version "
+            f"(python -m model_store publish ...) to make a {variant} variant it can run"
+        )
 
 
 VARIANT_LOADERS: dict[str, VariantLoader] = {
-    "fp32": _load_fp32, "int8": _load_int8, "fp32-graph": _load_graph,
+    "fp32": _load_fp32,
+    "int8": lambda manifest, directory, threads: _load_onnx(manifest, directory, threads, "int8"),
+    "fp32-graph": lambda manifest, directory, threads: _load_onnx(manifest, directory, threads, "fp32-graph"),
 }
-"""variant name -> loader. Adding a variant is one entry here plus its manifest entry."""
-
-SELF_VERIFYING = frozenset({"fp32-graph"})
-"""Variants whose loader checks the sha256 of the bytes it loads itself (code must not be read twice)."""
+"""variant name -> loader. Adding a variant is one entry here, its format in `manifest.VARIANT_FORMATS`."""
 
 
 def runnable(manifest: Manifest, variant: str) -> bool:
-    """Whether this machine can run `variant` of `manifest` (int8 needs its quantized engine)."""
-    entry = manifest.weights.get(variant)
-    if entry is None or variant not in VARIANT_LOADERS:
-        return False
-    if variant == "int8":
-        from model_store.quantize import engine_of, supported_engines
+    """Whether this machine can run `variant` of `manifest`: ONNX variants need onnxruntime installed.
 
-        return engine_of(entry.format) in supported_engines()
+    Looks for the package without importing it (importing is the load's job, and costs time).
+    """
+    if variant not in manifest.weights or variant not in VARIANT_LOADERS:
+        return False
+    if variant in ONNX_VARIANTS:
+        return importlib.util.find_spec("onnxruntime") is not None
     return True
 
 
@@ -289,12 +354,13 @@ def candidate_variants(manifest: Manifest, requested: str | None = None) -> list
 
 
 def load(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
-         variant: str | None = None) -> LoadedModel:
-    """Load `name` (by version or alias) from a model root, verified, in eval mode.
+         variant: str | None = None, threads: int | None = None) -> LoadedModel:
+    """Load `name` (by version or alias) from a model root, verified, as a `Predictor`.
 
     `variant` None means the fastest the version offers and this machine runs (`choose_variant`);
-    should that one fail to load (a damaged file, say), the next fastest is tried, and the failure
-    is logged. A named variant is that variant or an error.
+    should that one fail to load (a damaged file, a format from an older breedserve), the next
+    fastest is tried, and the failure is logged. A named variant is that variant or an error.
+    `threads`: intra-op threads of the engine (None: every CPU this process may use).
 
     Raises VersionNotFoundError, ManifestError, VariantError, ChecksumError or ArchitectureError,
     each naming the file and what is wrong with it.
@@ -304,14 +370,14 @@ def load(root: Path | str, name: str, *, version: str | None = None, alias: str 
     candidates = candidate_variants(manifest, variant)
     for chosen in candidates[:-1]:
         try:
-            return _load_variant(manifest, directory, chosen)
+            return _load_variant(manifest, directory, chosen, threads)
         except (ChecksumError, VariantError, ArchitectureError) as exc:
             log.warning("the %s variant of %s/%s cannot be loaded, trying the next fastest: %s",
                         chosen, manifest.name, manifest.version, exc)
-    return _load_variant(manifest, directory, candidates[-1])
+    return _load_variant(manifest, directory, candidates[-1], threads)
 
 
-def _load_variant(manifest: Manifest, directory: Path, chosen: str) -> LoadedModel:
+def _load_variant(manifest: Manifest, directory: Path, chosen: str, threads: int | None) -> LoadedModel:
     loader = VARIANT_LOADERS.get(chosen)
     if loader is None:
         raise VariantError(
@@ -319,11 +385,8 @@ def _load_variant(manifest: Manifest, directory: Path, chosen: str) -> LoadedMod
         )
     if chosen not in manifest.weights:
         raise VariantError(_missing_variant(manifest, chosen))
-    weights_path = verify_weights_file(directory, manifest.weights[chosen],
-                                       checksum=chosen not in SELF_VERIFYING, reuse_digest=True)
-    model = loader(manifest, weights_path)
-    model.eval()
-    return LoadedModel(model=model, manifest=manifest, directory=directory, variant=chosen)
+    predictor = loader(manifest, directory, threads)
+    return LoadedModel(predictor=predictor, manifest=manifest, directory=directory, variant=chosen)
 
 
 def _missing_variant(manifest: Manifest, variant: str) -> str:
@@ -331,7 +394,7 @@ def _missing_variant(manifest: Manifest, variant: str) -> str:
             f"it has {', '.join(sorted(manifest.weights))}")
 
 
-# --- prefetch: overlap the weights read with torch's import ----------------------------------
+# --- prefetch: overlap the weights read with the engine's import ------------------------------
 
 class _DigestCache:
     """sha256 per file, computed once per process; a caller asking while it is computed waits for it.
@@ -368,25 +431,26 @@ _DIGESTS = _DigestCache()
 
 def prefetch(root: Path | str, name: str, *, version: str | None = None, alias: str | None = None,
              variant: str | None = None) -> threading.Thread:
-    """Read and hash the weights file a coming `load` will verify, in a daemon thread.
+    """Read the weights file a coming `load` will verify, in a daemon thread (hashing it too for fp32).
 
-    `import torch` takes a second or more on one CPU; a Lambda function has at least two, and its
-    weights may sit on EFS, where the first read is the slow part. Started before torch is
-    imported, this reads the file (into the page cache) and computes its sha256 meanwhile; `load`
-    then finds the digest ready. It never raises: `load` reports every problem itself. Without
-    torch it cannot tell whether int8 runs on this CPU, so it takes the fastest variant present.
+    Importing the engine takes time (torch a second or more, onnxruntime about 0.1 s), and the
+    weights may sit on EFS, where the first read is the slow part. Started before the import, this
+    reads the file meanwhile. For fp32 it also computes the sha256, which `load` then finds ready.
+    For an ONNX variant it only warms the page cache: the loader hashes the very bytes it reads
+    and runs (a graph is code), so a digest computed here would be of other bytes. It never
+    raises: `load` reports every problem itself. It picks the variant `load` will try first.
     """
 
     def run() -> None:
         try:
             directory = resolve_version_dir(root, name, version=version, alias=alias)
             manifest = read_local_manifest(directory, name=name)
-            wanted = variant or next((v for v in VARIANT_PREFERENCE if v in manifest.weights), DEFAULT_VARIANT)
+            wanted = candidate_variants(manifest, variant)[0]
             entry = manifest.weights.get(wanted)
             if entry is None:
                 return
             path = directory / entry.file
-            if wanted in SELF_VERIFYING:  # its loader hashes the bytes it loads: only warm the page cache
+            if wanted in ONNX_VARIANTS:  # its loader hashes the bytes it runs: only warm the page cache
                 with path.open("rb") as stream:
                     while stream.read(1 << 20):
                         pass

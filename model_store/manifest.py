@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,15 @@ from model_store.exceptions import ManifestError
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
+FP32_FORMAT = "safetensors"
+INT8_FORMAT = "onnx-int8"
+GRAPH_FORMAT = "onnx-fp32"
+VARIANT_FORMATS = {"fp32": FP32_FORMAT, "int8": INT8_FORMAT, "fp32-graph": GRAPH_FORMAT}
+"""variant name -> the one file format this breedserve serves it from (`model_store.variants`).
+
+The manifest records any format string as it was published; a format that is not the one here
+(an older breedserve's `safetensors-int8-x86` or `torchscript`) is refused when that variant is
+loaded (`model_store.loader`), so a version keeps serving its other variants."""
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,7 +132,7 @@ class Preprocessing:
         raise ManifestError("a 'shorter_side' resize needs a crop to give a fixed input size")
 
     @classmethod
-    def preset(cls, name: str) -> "Preprocessing":
+    def preset(cls, name: str) -> Preprocessing:
         """`resize224`: what the original SageMaker training used; `imagenet`: torchvision's standard."""
         if name == "resize224":
             return cls(resize_mode="exact", size=(224, 224))
@@ -132,7 +141,7 @@ class Preprocessing:
         raise ManifestError(f"unknown preprocessing preset {name!r}: expected 'resize224', 'imagenet' or a .json file")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         if not isinstance(data, dict):
             raise ManifestError("'preprocess' must be an object")
         known = {"resize_mode", "size", "crop", "mean", "std", "interpolation"}
@@ -216,7 +225,7 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Manifest":
+    def from_dict(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
         schema = data.get("schema_version")
@@ -252,7 +261,7 @@ class Manifest:
         return manifest
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Manifest":
+    def from_json(cls, text: str | bytes) -> Manifest:
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -260,7 +269,7 @@ class Manifest:
         return cls.from_dict(data)
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest":
+    def read(cls, path: Path) -> Manifest:
         try:
             return cls.from_json(Path(path).read_bytes())
         except FileNotFoundError as exc:
@@ -268,7 +277,7 @@ class Manifest:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def display_label(class_name: str) -> str:

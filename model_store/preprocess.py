@@ -1,22 +1,33 @@
-"""Image -> input tensor, exactly as the torchvision transforms used in training, without torchvision.
+"""Image -> model input, exactly as the torchvision transforms used in training, without torch.
 
 The manifest's `Preprocessing` is the contract; this module reproduces torchvision's PIL path
 step by step (`Resize` calls `PIL.Image.resize` with the same filter, `CenterCrop` rounds and
 pads the same way, `ToTensor` divides by 255, `Normalize` subtracts then divides), so serving
-gives the logits training saw. It is also the fast path: one resize, a crop that is a view of
-the resized pixels (not a copy), and one conversion to float that also reorders HWC to CHW.
-The conversion runs in numpy, on one thread: for a 224x224 image torch's thread pool costs more
-to wake than the work (0.5 ms instead of 0.25 ms on 2 vCPUs), and IEEE float32 division gives
-the same bits either way.
+gives the logits training saw, to the bit. Only numpy and Pillow are imported: a process serving
+an ONNX variant never imports torch; `to_tensor` imports it when training or calibration asks.
+
+It is also the fast path: one resize, a crop that is a view of the resized pixels (not a copy),
+and one conversion to float that also reorders HWC to CHW. The conversion runs in numpy, on one
+thread: for a 224x224 image torch's thread pool costs more to wake than the work (0.5 ms instead
+of 0.25 ms on 2 vCPUs), and IEEE float32 division gives the same bits either way. Two alternatives
+that looked faster were measured and rejected (docs/handler.md, "Decoding and preprocessing
+speed"): resampling only the crop (Pillow's `resize(box=...)`) saves 40% of it for `imagenet`, but
+Pillow takes the box in float32, which moves up to a quarter of the values by one level, so it
+is no longer torchvision's output; a 256-entry lookup table per channel gives the same bits as
+the division but numpy's gather is slower (0.7 ms).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 
 from model_store.manifest import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -47,8 +58,12 @@ def crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
     return left, top, left + crop, top + crop
 
 
-def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
-    """An RGB PIL image -> float32 tensor [3, H, W] the model expects (see `Preprocessing`)."""
+def to_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """An RGB PIL image -> C-contiguous float32 array `[3, H, W]`, the model's input for one image.
+
+    >>> to_array(Image.new("RGB", (640, 480)), Preprocessing.preset("imagenet")).shape
+    (3, 224, 224)
+    """
     if image.mode != "RGB":
         image = image.convert("RGB")
     width, height = resized_size(image.width, image.height, spec)
@@ -67,7 +82,14 @@ def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
     if spec.mean is not None and spec.std is not None:
         out -= np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
         out /= np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
-    return torch.from_numpy(out)
+    return out
+
+
+def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
+    """`to_array` as a torch tensor (sharing its memory), for training and int8 calibration."""
+    import torch  # here, not at module level: serving an ONNX variant must not pay for it
+
+    return torch.from_numpy(to_array(image, spec))
 
 
 def draft_size(spec: Preprocessing) -> tuple[int, int]:

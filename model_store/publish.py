@@ -8,10 +8,10 @@ The pipeline, in order, so that nothing reaches the store unless it will serve:
 3. detect the architecture from the keys (flags override), resolve class names and preprocessing;
 4. build our torchvision-compatible ResNet, load the weights strictly and run one forward pass:
    the output must have one finite logit per class name;
-5. make the faster variants asked for (`model_store.variants`): int8 calibrated on the
-   `calibration` images and judged against fp32 on held-out ones, an optimized fp32 graph kept
-   only when it measures >= 10% faster; a variant that fails its gate is refused and logged,
-   the version is still published with the rest;
+5. make the faster variants asked for (`model_store.variants`), both ONNX graphs for ONNX
+   Runtime: int8 calibrated on the `calibration` images and judged against fp32 on held-out
+   ones, the fp32 graph kept only when it measures >= 10% faster than torch; a variant that
+   fails its gate is refused and logged, the version is still published with the rest;
 6. upload the safetensors weights and each variant's file, then the manifest (a version exists
    only once its manifest does; the version is checked again just before), then the alias.
 
@@ -28,10 +28,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_store.exceptions import ArchitectureError, ManifestError, ModelStoreError, SourceError, StoreError
 from model_store.manifest import (
+    FP32_FORMAT,
     WEIGHTS_FILE,
     Architecture,
     Head,
@@ -68,17 +70,15 @@ def publish(
     progress: bool = True,
     calibration: CalibrationArg = None,
     graph: bool = False,
-    int8_engine: str | None = None,
 ) -> Manifest:
     """Publish weights from `source` (local path or `s3://bucket/key`) as `name`/`version` in `store_uri`.
 
     `depth` and `head_hidden` override what the keys say; `classes` is a class file (one name
     per line) or a list, default the 133 dogImages breeds; `preprocess` is a preset name
     (`resize224`, `imagenet`) or a JSON file. `calibration` (a directory of images, or a list
-    of PIL images) adds the int8 variant, `graph` tries the optimized fp32 graph variant (see
-    `model_store.variants`); `int8_engine` defaults to this machine's (`x86`, or `qnnpack` on
-    arm64). Step messages go to this module's logger and transfers show the store's progress
-    line, when `progress` is on.
+    of PIL images) adds the int8 variant, `graph` tries the fp32 ONNX graph variant (see
+    `model_store.variants`). Step messages go to this module's logger and transfers show the
+    store's progress line, when `progress` is on.
     """
     _check_names(name, version, alias)
     class_names = resolve_classes(classes)
@@ -95,7 +95,7 @@ def publish(
         _step(progress, f"detected {_describe_arch(arch)} with {num_classes} outputs")
     return _check_and_upload(state_dict, store, name, version, arch=arch, class_names=class_names, spec=spec,
                              trained=trained, source=str(source), metrics=metrics, alias=alias,
-                             progress=progress, variants=_VariantRequest(inputs, graph, int8_engine))
+                             progress=progress, variants=_VariantRequest(inputs, graph))
 
 
 def publish_state_dict(
@@ -114,15 +114,14 @@ def publish_state_dict(
     progress: bool = True,
     calibration: CalibrationArg = None,
     graph: bool = False,
-    int8_engine: str | None = None,
 ) -> Manifest:
     """Check an in-memory state dict end to end, then upload weights, manifest and alias, in that order.
 
-    `calibration`, `graph` and `int8_engine` ask for the faster variants, as in `publish`.
+    `calibration` and `graph` ask for the faster variants, as in `publish`.
     """
     _check_names(name, version, alias)
     spec = resolve_preprocessing(preprocess)
-    request = _VariantRequest(calibration_inputs(calibration, spec), graph, int8_engine)
+    request = _VariantRequest(calibration_inputs(calibration, spec), graph)
     return _check_and_upload(state_dict, open_store(store_uri), name, version, arch=arch,
                              class_names=resolve_classes(class_names), spec=spec,
                              trained=trained, source=source, metrics=metrics, alias=alias, progress=progress,
@@ -133,9 +132,8 @@ def publish_state_dict(
 class _VariantRequest:
     """Which faster variants to try: int8 when calibration inputs are given, the graph when asked."""
 
-    calibration: list[torch.Tensor] = field(default_factory=list)
+    calibration: list[np.ndarray] = field(default_factory=list)
     graph: bool = False
-    int8_engine: str | None = None
 
 
 def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name: str, version: str, *,
@@ -151,14 +149,14 @@ def _check_and_upload(state_dict: Mapping[str, torch.Tensor], store: Store, name
     with tempfile.TemporaryDirectory(prefix="breedserve-publish-") as workdir:
         weights_path = Path(workdir) / WEIGHTS_FILE
         save_safetensors(weights, weights_path)
-        entry = WeightsFile(file=WEIGHTS_FILE, format="safetensors", sha256=sha256_file(weights_path),
+        entry = WeightsFile(file=WEIGHTS_FILE, format=FP32_FORMAT, sha256=sha256_file(weights_path),
                             size=weights_path.stat().st_size)
         files = {"fp32": (entry, weights_path)}
         all_metrics = dict(metrics or {})
         if variants is not None and (variants.calibration or variants.graph):
             kept, figures, refused = build_variants(
-                weights, arch, len(class_names), _example_input(spec), Path(workdir),
-                calibration=variants.calibration, graph=variants.graph, engine=variants.int8_engine,
+                weights, arch, len(class_names), spec, Path(workdir),
+                calibration=variants.calibration, graph=variants.graph,
                 say=lambda message: _step(progress, message))
             for variant in kept:
                 files[variant.name] = (WeightsFile(file=variant.path.name, format=variant.format,
@@ -266,11 +264,6 @@ def _head_outputs(state_dict: Mapping[str, torch.Tensor], arch: Architecture) ->
     key = "fc.weight" if arch.head.type == "linear" else f"fc.{3 if arch.head.dropout else 2}.weight"
     weight = state_dict.get(key)
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
-
-
-def _example_input(spec: Preprocessing) -> torch.Tensor:
-    """One input batch of the model's input size, for tracing and timing variants."""
-    return torch.rand((1, 3, *_probe_size(spec)), generator=torch.Generator().manual_seed(0))
 
 
 def _probe_size(spec: Preprocessing) -> tuple[int, int]:

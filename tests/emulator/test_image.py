@@ -4,7 +4,8 @@ No registry is reachable from CI, so the image is built FROM a Debian base made 
 debootstrap (`infra.image.ensure_local_base_image`, cached per machine) and the host's pip
 settings; only build args differ from a production build. The container then serves a seeded
 ResNet-18 under our emulator (`--network host`, read-only root, model directory mounted read-only
-at /mnt/models) and must answer exactly as the same model run in this process. (hadolint runs in
+at /mnt/models), as its int8 ONNX graph (ONNX Runtime, no torch) and as fp32 safetensors (torch),
+and must answer exactly as the same variant run in this process. (hadolint runs in
 tests/unit/test_security.py; `python -m infra push` to a registry on 127.0.0.1 in
 tests/functional/test_infra_push_registry.py.)
 
@@ -36,6 +37,7 @@ from infra.image import (
     ensure_local_base_image,
     host_pip_settings,
 )
+from model_store.demo import demo_pictures
 from model_store.manifest import Architecture, dog_breed_classes
 from model_store.publish import publish_state_dict
 from model_store.resnet import build_model
@@ -47,6 +49,7 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 TAG = "localhost/breedserve:image-test"
 NAME, VERSION, ALIAS = "dogs", "r18-image", "live"
 ALL_CLASSES = len(dog_breed_classes())
+VARIANTS = ("int8", "fp32")  # ONNX Runtime (what serves by default), and torch
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -63,10 +66,12 @@ def podman(*args: str, timeout: float = 300) -> str:
     return completed.stdout
 
 
-def run_in_image(*command: str, entrypoint: str = "python", volumes: tuple[str, ...] = ()) -> str:
+def run_in_image(*command: str, entrypoint: str = "python", volumes: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> str:
     """One command in a throwaway container: no network, read-only root, writable /tmp only."""
     mounts = [arg for volume in volumes for arg in ("-v", volume)]
-    return podman("run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", *mounts,
+    variables = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
+    return podman("run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", *mounts, *variables,
                   "--entrypoint", entrypoint, TAG, *command)
 
 
@@ -88,14 +93,17 @@ def image() -> BuiltImage:
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded ResNet-18 published and synced as production does (S3 -> EFS, here file -> dir)."""
+    """A seeded ResNet-18 published and synced as production does (S3 -> EFS, here file -> dir),
+    with its int8 ONNX graph calibrated on generated pictures (the demo's)."""
     torch.manual_seed(4321)
     arch = Architecture(depth=18)
     state_dict = build_model(arch, ALL_CLASSES).state_dict()
     store = tmp_path_factory.mktemp("store")
     root = tmp_path_factory.mktemp("models")
-    publish_state_dict(state_dict, f"file://{store}", NAME, VERSION, arch=arch, class_names=dog_breed_classes(),
-                       preprocess="resize224", trained=False, source="tests", alias=ALIAS, progress=False)
+    manifest = publish_state_dict(state_dict, f"file://{store}", NAME, VERSION, arch=arch,
+                                  class_names=dog_breed_classes(), preprocess="resize224", trained=False,
+                                  source="tests", alias=ALIAS, progress=False, calibration=demo_pictures(32, 0))
+    assert set(VARIANTS) <= set(manifest.weights), manifest.metrics.get("refused_variants")
     sync(f"file://{store}", NAME, root, alias=ALIAS, progress=False)
     # EFS files are readable by the function's (non-root) user; pytest's temp dirs are 0700.
     for path in [root, *root.rglob("*")]:
@@ -161,11 +169,15 @@ def test_the_container_runs_as_a_non_root_user(image: BuiltImage) -> None:
 def test_the_image_holds_only_what_serves(image: BuiltImage) -> None:
     # GIVEN the built image
     script = """
-import importlib.util, json, os, sys, torch
+import importlib.util, json, os, sys, onnxruntime, torch
 site = [p for p in sys.path if p.endswith("site-packages")][0]
 print(json.dumps({
     "task": sorted(os.listdir("/var/task")),
     "torchvision": importlib.util.find_spec("torchvision") is not None,
+    "onnx": importlib.util.find_spec("onnx") is not None,
+    "onnxruntime": [onnxruntime.__version__, onnxruntime.get_available_providers()],
+    "onnxruntime_publish_only": sorted(n for n in ("quantization", "transformers", "tools")
+                                       if os.path.exists(os.path.join(site, "onnxruntime", n))),
     "cuda": torch.version.cuda,
     "nvidia": sorted(n for n in os.listdir(site) + os.listdir("/opt/torch") if "nvidia" in n or "triton" in n),
     "pip": importlib.util.find_spec("pip") is not None,
@@ -177,8 +189,11 @@ print(json.dumps({
     # WHEN its contents are listed from inside
     found = json.loads(run_in_image("-c", script))
 
-    # THEN only our two serving packages, CPU-only torch, no torchvision, pip, weights or tests
+    # THEN only our two serving packages, ONNX Runtime on the CPU and CPU-only torch; no onnx or
+    # ONNX Runtime's publishing tools, torchvision, pip, weights or tests
     assert found["task"] == ["handler", "model_store"]
+    assert found["onnxruntime"] == ["1.31.1", ["CPUExecutionProvider"]]
+    assert found["onnx"] is False and found["onnxruntime_publish_only"] == []
     assert found["torchvision"] is False
     assert found["cuda"] is None and found["nvidia"] == []
     assert found["pip"] is False
@@ -197,7 +212,7 @@ def test_the_entrypoint_is_the_runtime_interface_client(image: BuiltImage) -> No
 
 
 def test_every_module_a_prediction_imports_was_compiled_at_build(image: BuiltImage, model_root: Path) -> None:
-    # GIVEN a prediction made inside the image, the way the handler makes it
+    # GIVEN a prediction made inside the image with each engine, the way the handler makes it
     script = f"""
 import io, json, os, sys
 import awslambdaric.bootstrap, handler.app
@@ -205,7 +220,8 @@ from PIL import Image
 from handler.classifier import Classifier
 buffer = io.BytesIO()
 Image.new("RGB", (320, 240), (120, 90, 60)).save(buffer, "JPEG")
-Classifier.from_root("/mnt/models", "{NAME}", alias="{ALIAS}").classify(buffer.getvalue())
+for variant in {VARIANTS!r}:
+    Classifier.from_root("/mnt/models", "{NAME}", alias="{ALIAS}", variant=variant).classify(buffer.getvalue())
 sources = [m.__spec__ for m in list(sys.modules.values())
            if getattr(m, "__spec__", None) and m.__spec__.has_location and m.__spec__.origin.endswith(".py")]
 print(json.dumps({{"modules": len(sources),
@@ -219,15 +235,46 @@ print(json.dumps({{"modules": len(sources),
     assert found["uncompiled"] == []
 
 
+def test_an_int8_runtime_never_imports_torch(image: BuiltImage, model_root: Path) -> None:
+    # GIVEN the Lambda entry's init and one direct invocation, inside the image, serving int8
+    script = """
+import base64, io, json, sys, time
+started = time.perf_counter()
+import handler.app
+init_s = time.perf_counter() - started
+from PIL import Image
+buffer = io.BytesIO()
+Image.new("RGB", (320, 240), (120, 90, 60)).save(buffer, "JPEG")
+answer = handler.app.lambda_handler({"image": base64.b64encode(buffer.getvalue()).decode(), "top_k": 3}, None)
+print(json.dumps({"model": answer.get("model"), "predictions": len(answer.get("predictions", [])),
+                  "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")),
+                  "onnxruntime": "onnxruntime" in sys.modules, "init_s": round(init_s, 3)}))
+"""
+    environment = {"MODEL_ROOT": "/mnt/models", "MODEL_NAME": NAME, "MODEL_ALIAS": ALIAS, "MODEL_VARIANT": "int8",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    # WHEN it runs
+    found = json.loads(run_in_image("-c", script, volumes=(f"{model_root}:/mnt/models:ro",),
+                                    env=environment).splitlines()[-1])
+    # THEN it answered with int8 through ONNX Runtime, and no torch module was ever imported
+    assert found["model"]["variant"] == "int8" and found["predictions"] == 3
+    assert found["onnxruntime"] is True and found["torch"] == []
+    print(f"image-test: int8 init (import handler.app, load) in the container {found['init_s']:.2f} s",
+          file=sys.stderr)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_the_image_serves_the_same_predictions_as_the_model_in_process(
-        image: BuiltImage, model_root: Path, shared_images: list[Path], record_property: Callable[[str, object], None]) -> None:
-    # GIVEN the image under the emulator (--network host, read-only root, models read-only at /mnt/models)
-    reference = Classifier.from_root(model_root, NAME, alias=ALIAS)
+        image: BuiltImage, model_root: Path, shared_images: list[Path], variant: str,
+        record_property: Callable[[str, object], None]) -> None:
+    # GIVEN the image under the emulator (--network host, read-only root, models read-only at
+    # /mnt/models), told to serve `variant`, and the same variant loaded in this process
+    reference = Classifier.from_root(model_root, NAME, alias=ALIAS, variant=variant)
     config = EmulatorConfig(port=0, image=TAG, engine="podman", model_root=model_root, model_name=NAME,
                             model_alias=ALIAS, timeout_s=60.0, memory_mb=2048, init_timeout_s=60.0)
     log = ListLog()
     with pytest.MonkeyPatch.context() as monkeypatch:
         fake_aws_environment(monkeypatch)
+        monkeypatch.setenv("MODEL_VARIANT", variant)  # passed to the container by name, as on Lambda
         started = time.monotonic()
         emulator = Emulator(config, log=log).start()
     with emulator:
@@ -240,9 +287,11 @@ def test_the_image_serves_the_same_predictions_as_the_model_in_process(
                          [("Content-Type", "image/jpeg")]) for photo in shared_images[1:]]
         stats = emulator.stats()
 
-    # THEN every answer matches the in-process model: same top-1, every probability within 1e-4
+    # THEN every answer comes from that variant and matches the in-process model: same top-1,
+    # every probability within 1e-4
     for photo, reply in zip(shared_images, replies):
         assert reply.status == 200, reply.body[:500]
+        assert json.loads(reply.body)["model"]["variant"] == variant
         got = {p["index"]: p["probability"] for p in json.loads(reply.body)["predictions"]}
         expected = reference.classify(photo.read_bytes(), top_k=ALL_CLASSES)["predictions"]
         assert len(got) == ALL_CLASSES
@@ -253,7 +302,7 @@ def test_the_image_serves_the_same_predictions_as_the_model_in_process(
             assert max(got, key=got.__getitem__) == expected[0]["index"], photo.name
     # AND the container came up once and was never restarted (read-only root was enough)
     assert stats.starts == 1 and stats.restarts == 0 and stats.init_errors == 0
-    record_property("container_cold_start_s", round(cold_start_s, 2))
-    record_property("init_duration_ms", stats.init_durations_ms)
-    print(f"image-test: container start -> first response {cold_start_s:.2f} s "
+    record_property(f"container_cold_start_s_{variant}", round(cold_start_s, 2))
+    record_property(f"init_duration_ms_{variant}", stats.init_durations_ms)
+    print(f"image-test: {variant}: container start -> first response {cold_start_s:.2f} s "
           f"(init {stats.init_durations_ms})", file=sys.stderr)

@@ -23,7 +23,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_report_and_plots_are_written_from_a_small_latency_run(tmp_path: Path) -> None:
-    # GIVEN the measured scenario and a small latency.json (recommends 2,048 MB; p50 412.4 ms at 1,769 MB)
+    # GIVEN the measured scenario and a small latency.json: recommends 2,048 MB, serves int8 (ONNX
+    # Runtime) by default with p50 61.3 ms at 1,769 MB through the emulator (fp32: 412.4 ms)
     out = tmp_path / "reports"
     # WHEN the cost command runs with --out and --format json
     proc = _run("cost", "--scenario", str(SCENARIOS / "measured.toml"), "--latency", str(SAMPLE_LATENCY),
@@ -38,13 +39,23 @@ def test_report_and_plots_are_written_from_a_small_latency_run(tmp_path: Path) -
             image.verify()
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width >= 600 and image.height >= 400
-    # AND the duration, init and memory came from the latency file
+    # AND the duration, init, memory and model sizes came from the latency file, for the served variant
     data = json.loads(proc.stdout)
     assert data == json.loads((out / "cost.json").read_text())
-    assert data["scenario"]["lambda"]["memory_mb"] == 2048
-    assert data["scenario"]["duration_ms"] == 412.4 and data["scenario"]["billed_duration_ms"] == 413
-    assert data["scenario"]["init_ms"] == 1840.0
+    scenario = data["scenario"]
+    assert scenario["lambda"]["memory_mb"] == 2048
+    assert (scenario["variant"], scenario["engine"]) == ("int8", "onnxruntime")
+    assert scenario["duration_ms"] == 61.3 and scenario["billed_duration_ms"] == 62
+    assert scenario["init_ms"] == 640.0
+    assert scenario["supporting"]["cold_start_read_mb"] == 24.3
+    assert scenario["supporting"]["model_mb"] == pytest.approx(94.6 + 94.5 + 24.3)
     assert data["sagemaker_serverless"]["memory_mb"] == 2048
+    # AND an EFS read per cold start (1% of 1 M) is of the int8 file only, at $0.03/GB
+    assert data["supporting"]["details"]["efs_elastic_reads"] == pytest.approx(10_000 * 24.3 / 1024 * 0.03)
+    # AND the report names the variant and engine it priced
+    report = (out / "cost.md").read_text()
+    assert "| weights variant priced | int8 (onnxruntime) | latency.json served_variant" in report
+    assert "int8 on onnxruntime" in data["verdict"]
     # AND the JSON has the issue's structure
     assert set(data["lambda"]) >= {"total_usd", "items"}
     assert set(data["supporting"]["items"]) == {"efs", "s3", "ecr"}
@@ -52,6 +63,22 @@ def test_report_and_plots_are_written_from_a_small_latency_run(tmp_path: Path) -
     assert set(data["sagemaker_realtime"]) == {"ml.t2.medium", "ml.m5.large", "ml.g4dn.xlarge"}
     assert set(data["break_even"]) == {"sagemaker_serverless", *data["sagemaker_realtime"]}
     assert set(data["lambda_by_architecture"]) == {"x86_64", "arm64"}
+
+
+def test_a_scenario_can_price_another_variant_than_the_served_one(tmp_path: Path) -> None:
+    # GIVEN the measured scenario asking for fp32, whose warm and cold figures latency.json has too
+    text = (SCENARIOS / "measured.toml").read_text().replace('image = "1mp"', 'image = "1mp"\nvariant = "fp32"')
+    scenario = tmp_path / "fp32.toml"
+    scenario.write_text(text)
+    # WHEN it is costed
+    proc = _run("cost", "--scenario", str(scenario), "--latency", str(SAMPLE_LATENCY), "--format", "json")
+    # THEN fp32's duration, cold start and file are priced, and the scenario is named as the source
+    assert proc.returncode == 0, proc.stderr
+    priced = json.loads(proc.stdout)["scenario"]
+    assert (priced["variant"], priced["engine"]) == ("fp32", "torch")
+    assert (priced["duration_ms"], priced["init_ms"]) == (412.4, 1840.0)
+    assert priced["supporting"]["cold_start_read_mb"] == 94.6
+    assert priced["sources"]["variant"] == "scenario"
 
 
 def test_cost_md_puts_the_verdict_first_then_table_plots_and_assumptions(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from model_store.manifest import (
     WeightsFile,
     dog_breed_classes,
 )
+from model_store.predictor import TorchPredictor
 from model_store.publish import publish_state_dict
 from model_store.resnet import build_model
 from model_store.store import manifest_key, open_store, version_key, write_alias
@@ -226,7 +227,9 @@ def test_publish_and_sync_ride_out_s3_throttling_and_5xx(faulty_s3: FaultyS3, tm
     loaded = load(root, NAME, version="v1")
     expected = tiny_state_dict(5)
     assert loaded.directory == directory
-    assert all(torch.equal(loaded.model.state_dict()[key], value) for key, value in expected.items())
+    assert isinstance(loaded.predictor, TorchPredictor)  # fp32 only: the eager network, as published
+    state = loaded.predictor.module.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in expected.items())
 
 
 def test_sync_gives_up_after_the_configured_attempts_with_one_clear_error(

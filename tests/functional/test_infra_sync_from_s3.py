@@ -47,5 +47,25 @@ def test_an_s3_manifest_event_syncs_that_version_to_the_model_root(aws_endpoint:
     answer = lambda_handler(event, None)
     # THEN the version is complete and verified under MODEL_ROOT, where the inference function reads it
     directory = root / "dogbreeds" / "versions" / "v7"
-    assert answer["synced"] == [{"name": "dogbreeds", "version": "v7", "directory": str(directory)}]
+    assert answer["synced"] == [{"name": "dogbreeds", "version": "v7", "directory": str(directory),
+                                 "downloaded": True, "bytes_downloaded": 256 * 1024}]
     assert verify_version_dir(directory, name="dogbreeds", checksums=True) == manifest
+
+
+def test_a_direct_request_syncs_a_version_published_before_any_event(aws_endpoint: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN version v8 already in the bucket (its S3 event went nowhere), and the function's environment
+    boto3.client("s3").create_bucket(Bucket="breedserve-models")
+    manifest = publish_fake_version("v8", tmp_path)
+    root = tmp_path / "efs"
+    monkeypatch.setenv("MODEL_STORE_URI", STORE)
+    monkeypatch.setenv("MODEL_ROOT", str(root))
+    monkeypatch.setenv("MODEL_NAME", "dogbreeds")
+    # WHEN deploy invokes the function directly for that version, twice
+    first = lambda_handler({"version": "v8"}, None)
+    second = lambda_handler({"version": "v8"}, None)
+    # THEN the first copies it to the model root, and the second finds it complete and downloads nothing
+    directory = root / "dogbreeds" / "versions" / "v8"
+    assert verify_version_dir(directory, name="dogbreeds", checksums=True) == manifest
+    assert [(a["synced"][0]["downloaded"], a["synced"][0]["bytes_downloaded"]) for a in (first, second)] == [
+        (True, 256 * 1024), (False, 0)]

@@ -1,9 +1,9 @@
 """The faster variants end to end: publish with calibration -> file store -> sync -> load -> serve.
 
-The model is a ResNet-18 whose head was trained on generated, separable images (solid colours
-with noise, `training.synthetic`) until it classifies fresh ones correctly, so int8 agreeing with
-fp32 means something. Inputs are 32x32 to keep every step fast; the code path is the one
-ResNet-50 takes.
+Both are ONNX graphs run by ONNX Runtime (int8 QDQ, and the fp32 graph). The model is a ResNet-18
+whose head was trained on generated, separable images (solid colours with noise,
+`training.synthetic`) until it classifies fresh ones correctly, so int8 agreeing with fp32 means
+something. Inputs are 32x32 to keep every step fast; the code path is the one ResNet-50 takes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 from PIL import Image
@@ -28,7 +30,6 @@ from torch import nn
 from handler.classifier import Classifier
 from handler.observability import Telemetry
 from handler.service import Service
-from model_store import graph as graph_module
 from model_store import variants
 from model_store.exceptions import ChecksumError
 from model_store.loader import load
@@ -109,7 +110,7 @@ def published(trained: Trained, calibration_dir: Path,
     root = tmp_path_factory.mktemp("models")
     real = variants.measure_ms
 
-    def timings(models: dict[str, object], example: torch.Tensor, threads: int) -> dict[str, float]:
+    def timings(models: dict[str, object], example: np.ndarray, threads: int) -> dict[str, float]:
         # The graph's real speed-up depends on the machine and its load: fix it so the graph is kept.
         return {"fp32": 10.0, "fp32-graph": 5.0} if "fp32-graph" in models else real(models, example, threads)
 
@@ -125,21 +126,24 @@ def published(trained: Trained, calibration_dir: Path,
 def test_int8_passes_the_gate_and_serves_after_sync(published: tuple[Manifest, Path],
                                                     trained: Trained) -> None:
     manifest, root = published
-    # GIVEN the published manifest / THEN it lists int8 with its engine and the agreement it passed
+    # GIVEN the published manifest / THEN it lists int8 as an ONNX graph with the agreement it passed
     assert set(manifest.weights) == {"fp32", "int8", "fp32-graph"}
-    assert manifest.weights["int8"].format.startswith("safetensors-int8-")
+    assert manifest.weights["int8"].format == "onnx-int8"
+    assert manifest.weights["fp32-graph"].format == "onnx-fp32"
     figures = manifest.metrics["variants"]["int8"]
     assert figures["top1_agreement"] >= 0.99 and figures["top5_overlap"] >= 0.95
     assert figures["held_out_images"] == 12 and figures["calibration_images"] == 36
+    assert figures["engine"] == "onnxruntime" and figures["calibration_method"] == "MinMax"
+    assert manifest.metrics["variants"]["fp32"]["engine"] == "torch"
     # WHEN the synced version is loaded without naming a variant
-    loaded = load(root, NAME, version="v1")
+    loaded = load(root, NAME, version="v1", threads=2)
     # THEN the fastest variant (int8) is chosen, and on images it never saw it agrees with fp32
-    assert loaded.variant == "int8"
+    assert loaded.variant == "int8" and loaded.predictor.engine == "onnxruntime"
+    int8_top = loaded.predictor(inputs(trained.fresh).numpy()).argmax(axis=1)
     with torch.inference_mode():
-        int8_top = loaded.model(inputs(trained.fresh)).argmax(dim=1)
-        fp32_top = trained.model(inputs(trained.fresh)).argmax(dim=1)
-    assert (int8_top == fp32_top).float().mean().item() >= 0.99
-    assert (int8_top == torch.tensor(trained.fresh_labels)).float().mean().item() >= 0.95
+        fp32_top = trained.model(inputs(trained.fresh)).argmax(dim=1).numpy()
+    assert np.mean(int8_top == fp32_top) >= 0.99
+    assert np.mean(int8_top == np.array(trained.fresh_labels)) >= 0.95
 
 
 def test_broken_calibration_refuses_int8_but_publishes_fp32(trained: Trained, tmp_path: Path) -> None:
@@ -171,7 +175,7 @@ def test_model_variant_chooses_and_the_answer_names_it(published: tuple[Manifest
         for variant in ("", "fp32", "fp32-graph"):
             # GIVEN a handler configured with MODEL_VARIANT (empty: the default)
             environ = {"MODEL_ROOT": str(root), "MODEL_NAME": NAME, "MODEL_VERSION": "v1",
-                       "MODEL_VARIANT": variant}
+                       "MODEL_VARIANT": variant, "OMP_NUM_THREADS": "1"}
             telemetry = Telemetry(service=f"variant-test-{uuid.uuid4().hex[:8]}", stream=io.StringIO())
             service = Service.from_env(environ, telemetry=telemetry)
             # WHEN a direct invocation is answered
@@ -202,15 +206,17 @@ def test_graph_variant_matches_fp32_and_a_tampered_copy_is_never_loaded(
         tmp_path: Path) -> None:
     _, root = published
     # GIVEN the synced graph variant / WHEN loaded / THEN it computes fp32's logits
-    graph = Classifier.from_root(root, NAME, version="v1", variant="fp32-graph")
+    graph = Classifier.from_root(root, NAME, version="v1", variant="fp32-graph", threads=2)
+    assert graph.engine == "onnxruntime"
     probe = inputs(trained.fresh[:4])
     with torch.inference_mode():
-        assert torch.allclose(graph.predict(probe), trained.model(probe), atol=1e-4)
+        expected = trained.model(probe).numpy()
+    np.testing.assert_allclose(graph.predict(probe.numpy()), expected, atol=1e-4)
     # GIVEN the graph file changed on disk (same size)
     root = damaged_copy(root, tmp_path, "fp32-graph")
     calls: list[object] = []
-    monkeypatch.setattr(graph_module.torch.jit, "load", lambda *args, **kwargs: calls.append(args))
-    # WHEN it is loaded again / THEN the checksum refuses it and no TorchScript was loaded
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *args, **kwargs: calls.append(args))
+    # WHEN it is loaded again / THEN the checksum refuses it and ONNX Runtime never parsed it
     with pytest.raises(ChecksumError, match="sha256"):
         load(root, NAME, version="v1", variant="fp32-graph")
     assert calls == []
@@ -247,4 +253,5 @@ def test_cli_publish_with_calibration_reports_the_variants(trained: Trained, cal
     assert run.returncode == 0, run.stderr[-2000:]
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("variants: fp32 (") and "; int8 (" in last and "top-1 agreement" in last
+    assert "top-5 overlap" in last and "int8: calibrating (MinMax) on 36 images" in run.stderr
     assert (tmp_path / "store" / NAME / "v1" / variants.VARIANT_FILES["int8"]).is_file()

@@ -290,3 +290,9 @@ def test_publish_demo(tmp_path: Path) -> None:
     stored = load_file(str(root / "dogbreeds/demo-1/model.safetensors"))
     expected = demo_state_dict(0)
     assert all(torch.equal(stored[k], v) for k, v in expected.items())
+    # AND int8 was calibrated on the generated pictures, judged, and published as an ONNX graph
+    int8 = manifest.metrics["variants"]["int8"]
+    assert manifest.weights["int8"].format == "onnx-int8" and (root / "dogbreeds/demo-1/model-int8.onnx").is_file()
+    assert int8["top1_agreement"] >= 0.99 and int8["top5_overlap"] >= 0.95 and int8["calibration_images"] == 24
+    # AND the fp32 graph is either kept (>= 10% faster than torch here) or refused with its timing
+    assert ("fp32-graph" in manifest.weights) != ("fp32-graph" in manifest.metrics.get("refused_variants", {}))

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from botocore.stub import Stubber
@@ -30,6 +31,7 @@ from handler.observability import Telemetry
 from handler.s3 import S3ImageFetcher
 from handler.service import Service
 from model_store.manifest import Architecture, Preprocessing
+from model_store.predictor import TorchPredictor, available_cpus
 from model_store.publish import publish_state_dict
 from model_store.resnet import build_model
 from model_store.store import open_store, write_alias
@@ -185,8 +187,10 @@ def test_predict_with_logits_matches_a_plain_forward_pass(service: Service) -> N
     # THEN the logits are the model's output for that image, top-5 capped at 3 classes
     classifier = service.holder.get()
     image = classifier.decode(base64.b64decode(recorded["body"]))
+    predictor = classifier.predictor
+    assert isinstance(predictor, TorchPredictor)  # v1 has only fp32: the eager network, run directly here
     with torch.inference_mode():
-        expected = classifier.model(classifier.preprocess(image))[0].tolist()
+        expected = predictor.module(torch.from_numpy(classifier.preprocess(image)))[0].tolist()
     assert body["logits"] == pytest.approx(expected, abs=1e-5)
     assert len(body["predictions"]) == 3
 
@@ -227,6 +231,7 @@ def test_health_and_model(service: Service) -> None:
     assert model["statusCode"] == 200
     assert {"name", "version", "arch", "num_classes", "preprocess", "trained", "variant"} <= set(info)
     assert (info["arch"], info["num_classes"], info["trained"]) == ("resnet18", 3, False)
+    assert (info["variant"], info["engine"]) == ("fp32", "torch")
     assert info["preprocess"]["size"] == [64, 64]
 
 
@@ -296,7 +301,7 @@ def test_direct_batch_runs_one_pass_and_keeps_order(service: Service, monkeypatc
     batches: list[int] = []
     original = classifier.predict
 
-    def counting(batch: torch.Tensor) -> torch.Tensor:
+    def counting(batch: np.ndarray) -> np.ndarray:
         batches.append(batch.shape[0])
         return original(batch)
 
@@ -537,16 +542,31 @@ def test_bad_configuration_is_served_as_503_not_a_crash(log_stream: io.StringIO,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN invalid environment variables
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
-    threads = torch.get_num_threads()
-    try:
-        telemetry = Telemetry(service=f"breedserve-test-{uuid.uuid4().hex[:8]}", stream=log_stream)
-        service = Service.from_env({"MODEL_VERSION": "v1", "MODEL_ALIAS": "live", "MAX_BODY_BYTES": "lots",
-                                    "MODEL_NAME": "../etc"}, telemetry=telemetry)
-    finally:
-        torch.set_num_threads(threads)
+    telemetry = Telemetry(service=f"breedserve-test-{uuid.uuid4().hex[:8]}", stream=log_stream)
+    service = Service.from_env({"MODEL_VERSION": "v1", "MODEL_ALIAS": "live", "MAX_BODY_BYTES": "lots",
+                                "MODEL_NAME": "../etc"}, telemetry=telemetry)
     # WHEN asked anything  THEN 503 naming every problem
     message = body_of(service.handle(http_event("GET", "/health"), Context()))["error"]["message"]
     assert "MAX_BODY_BYTES" in message and "not both" in message and "invalid MODEL_NAME '../etc'" in message
+
+
+@pytest.mark.parametrize("omp, expected", [("1", 1), ("", None)])
+def test_the_thread_count_reaches_the_engine(store: str, root: Path, log_stream: io.StringIO,
+                                            omp: str, expected: int | None) -> None:
+    # GIVEN a model root with v1, and OMP_NUM_THREADS=1 or unset
+    sync(store, NAME, root, version="v1", progress=False)
+    telemetry = Telemetry(service=f"breedserve-test-{uuid.uuid4().hex[:8]}", stream=log_stream)
+    pixels, threads = Image.MAX_IMAGE_PIXELS, torch.get_num_threads()
+    try:
+        # WHEN the service starts (as the Lambda init does)
+        service = Service.from_env({"MODEL_ROOT": str(root), "MODEL_NAME": NAME, "MODEL_VERSION": "v1",
+                                    "OMP_NUM_THREADS": omp}, telemetry=telemetry)
+        classifier = service.holder.get()
+        # THEN the engine runs with that many threads; unset, with every CPU this process may use
+        assert classifier.predictor.threads == (expected or available_cpus())
+    finally:
+        Image.MAX_IMAGE_PIXELS = pixels
+        torch.set_num_threads(threads)
 
 
 def test_importing_the_entry_point_loads_the_model_without_torchvision(store: str, root: Path) -> None:

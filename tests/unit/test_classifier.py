@@ -1,14 +1,19 @@
-"""The Classifier's steps with a tiny colour model whose right answers are known in advance."""
+"""The Classifier's steps with a tiny colour model whose right answers are known in advance.
+
+The models here are numpy predictors (the `Predictor` interface), so these tests import no engine.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import Tensor, nn
 
 from handler.classifier import UNTRAINED_WARNING, Classifier
 from handler.exceptions import BadRequestError, DeadlineExceededError, HandlerError, InternalError
@@ -18,28 +23,34 @@ CLASSES = ("001.Red_setter", "002.Green_dog", "003.Blue_heeler")
 RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
 
 
-class MeanColour(nn.Module):
+class MeanColour:
     """logits = scale * mean(R, G, B): a red image is class 0, green 1, blue 2. Counts its batches."""
 
+    engine = "numpy"
+    threads = 1
+
     def __init__(self, scale: float = 10.0) -> None:
-        super().__init__()
         self.scale = scale
         self.batches: list[int] = []
+        self.inputs: list[np.ndarray] = []
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.batches.append(int(x.shape[0]))
-        return self.scale * x.mean(dim=(2, 3))
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(int(batch.shape[0]))
+        self.inputs.append(batch)
+        return (self.scale * batch.mean(axis=(2, 3))).astype(np.float32)
 
 
-class Constant(nn.Module):
+class Constant:
     """Always the same logits row (to feed postprocess edge cases through the real path)."""
 
-    def __init__(self, row: list[float]) -> None:
-        super().__init__()
-        self.row = torch.tensor([row])
+    engine = "numpy"
+    threads = 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.row.expand(x.shape[0], -1)
+    def __init__(self, row: list[float]) -> None:
+        self.row = np.asarray([row], dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.repeat(self.row, batch.shape[0], axis=0)
 
 
 def manifest(trained: bool = True) -> Manifest:
@@ -129,8 +140,67 @@ def test_bad_top_k(classifier: Classifier, top_k: object) -> None:
 
 
 def test_preprocess_gives_a_batch_of_one(classifier: Classifier) -> None:
-    tensor = classifier.preprocess(Image.new("RGB", (100, 50), RED))
-    assert tensor.shape == (1, 3, 32, 32) and tensor.dtype == torch.float32
+    array = classifier.preprocess(Image.new("RGB", (100, 50), RED))
+    assert isinstance(array, np.ndarray) and array.shape == (1, 3, 32, 32) and array.dtype == np.float32
+
+
+def test_the_model_gets_float32_batches_and_the_batch_path_matches_the_single_one() -> None:
+    # GIVEN a model that records what it is given
+    model = MeanColour()
+    classifier = Classifier(model, manifest())
+    # WHEN the same images are classified one by one and as a batch
+    single = [classifier.classify(png(c), top_k=3, include_logits=True) for c in (RED, BLUE)]
+    batch = classifier.classify_batch([png(RED), png(BLUE)], top_k=3, include_logits=True)
+    # THEN every input was a float32 [N, 3, 32, 32] array, and the answers agree
+    assert [(x.shape, x.dtype) for x in model.inputs] == [((1, 3, 32, 32), np.float32)] * 2 + [
+        ((2, 3, 32, 32), np.float32)]
+    for one, many in zip(single, batch, strict=True):
+        assert isinstance(many, dict)
+        assert one["predictions"] == many["predictions"] and one["logits"] == many["logits"]
+
+
+def test_softmax_is_exact_and_stable_for_large_logits() -> None:
+    # GIVEN logits whose exponentials overflow float64 unless the largest is subtracted first
+    body = Classifier(Constant([1000.0, 999.0, 990.0]), manifest()).classify(png(RED), top_k=3)
+    # THEN the probabilities are the softmax, computed without overflow, and sum to 1
+    expected = np.exp(np.array([0.0, -1.0, -10.0]))
+    expected /= expected.sum()
+    assert [p["index"] for p in body["predictions"]] == [0, 1, 2]
+    assert [p["probability"] for p in body["predictions"]] == pytest.approx(expected.tolist(), rel=1e-12)
+
+
+@pytest.mark.parametrize("row, order", [
+    ([1.0, 1.0, 1.0], [0, 1, 2]),
+    ([0.0, 2.0, 2.0], [1, 2, 0]),
+    ([5.0, -1.0, 5.0], [0, 2, 1]),
+])
+def test_equal_probabilities_are_ranked_by_class_index(row: list[float], order: list[int]) -> None:
+    # GIVEN logits with ties  WHEN classified (repeatedly)
+    classifier = Classifier(Constant(row), manifest())
+    answers = [[p["index"] for p in classifier.classify(png(RED), top_k=3)["predictions"]] for _ in range(3)]
+    # THEN tied classes come lowest index first, every time
+    assert answers == [order] * 3
+
+
+def test_a_model_answering_the_wrong_batch_size_is_an_internal_error() -> None:
+    # GIVEN a model that answers one row whatever the batch  WHEN two images are classified together
+    class OneRow(Constant):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return self.row
+
+    with pytest.raises(InternalError, match=r"shape \(1, 3\) for a batch of 2"):
+        Classifier(OneRow([1.0, 2.0, 3.0]), manifest()).classify_batch([png(RED), png(BLUE)])
+
+
+def test_the_classifier_imports_no_engine() -> None:
+    # GIVEN this module's imports (the classifier, Pillow, numpy, model_store's manifest and preprocessing)
+    # THEN neither torch nor ONNX Runtime came with them: only a loader builds an engine
+    code = ("import sys, handler.classifier; "
+            "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("row", [[1.0, float("nan"), 0.0], [float("inf"), 0.0, 0.0]])
@@ -195,3 +265,4 @@ def test_describe_is_the_model_endpoint_body(classifier: Classifier) -> None:
     info = classifier.describe()
     assert info["arch"] == "resnet18" and info["num_classes"] == 3 and info["trained"] is True
     assert info["preprocess"]["size"] == [32, 32] and info["variant"] == "fp32" and info["variants"] == ["fp32"]
+    assert info["engine"] == "numpy"

@@ -17,6 +17,7 @@ from benchmarks.cost_latency import (
     LatencyReport,
     LatencyResult,
     latency_from_dict,
+    select_cold_start,
     select_warm_result,
 )
 from benchmarks.cost_model import (
@@ -437,6 +438,76 @@ def test_latency_file_round_trips_and_rejects_bad_shapes() -> None:
         latency_from_dict(broken)
     with pytest.raises(LatencyFileError, match="schema_version"):
         latency_from_dict({**report.to_dict(), "schema_version": 99})
+
+
+def _served_int8() -> LatencyReport:
+    """int8 (ONNX Runtime) served by default, fp32 (torch) measured too, each with its cold start and file."""
+    def result(variant: str, p50: float) -> LatencyResult:
+        return LatencyResult(memory_mb=3008, threads=2, variant=variant, image="1mp", path="emulator",
+                             p50_ms=p50, p90_ms=p50 + 5, p99_ms=p50 + 10)
+    return LatencyReport(
+        results=(result("fp32", 230.0), result("int8", 45.0)), recommended_memory_mb=3008,
+        cold_start=ColdStart(init_ms=600.0, first_response_ms=900.0, variant="int8", engine="onnxruntime"),
+        served_variant="int8", engines={"fp32": "torch", "int8": "onnxruntime"},
+        variant_cold_starts={"fp32": ColdStart(init_ms=1900.0, variant="fp32", engine="torch")},
+        model_files_mb={"fp32": 95.0, "int8": 25.0},
+    )
+
+
+def test_the_served_variant_is_priced_by_default_with_its_cold_start_and_file() -> None:
+    # GIVEN a latency run whose function serves int8 by default, and a scenario naming no variant
+    data = {"workload": {"requests_per_month": 1e6, "cold_start_fraction": 0.01}}
+    # WHEN it is resolved
+    s = scenario_from_dict(data, latency=_served_int8())
+    # THEN int8 is priced: its p50, its cold start, its file read per cold start; both files stored
+    assert (s.variant, s.engine) == ("int8", "onnxruntime")
+    assert (s.workload.duration_ms, s.workload.init_ms) == (45.0, 600.0)
+    assert (s.supporting.model_mb, s.supporting.read_mb) == (120.0, 25.0)
+    assert s.sources["variant"].startswith("latency.json served_variant")
+    # AND 10,000 cold starts read 25 MB each from EFS while 120 MB are stored
+    support = supporting_cost(s, PRICING)
+    assert support.details["efs_elastic_reads"] == pytest.approx(10_000 * 25 / 1024 * 0.03)
+    assert support.details["efs_storage"] == pytest.approx(120 / 1024 * 0.30)
+    assert support.items["s3"] == pytest.approx(120 / 1024 * 0.023)
+
+
+def test_a_scenario_names_the_variant_it_prices_and_needs_its_cold_start() -> None:
+    # GIVEN the same run, and scenarios asking for fp32 (measured) and fp32-graph (not measured)
+    base = {"workload": {"requests_per_month": 1e6, "cold_start_fraction": 0.01}}
+    # WHEN / THEN fp32 is priced with its own figures
+    s = scenario_from_dict({**base, "latency": {"variant": "fp32"}}, latency=_served_int8())
+    assert (s.variant, s.engine, s.workload.duration_ms, s.workload.init_ms, s.supporting.read_mb) == \
+        ("fp32", "torch", 230.0, 1900.0, 95.0)
+    assert s.sources["init_ms"] == "latency.json variant_cold_starts.fp32.init_ms, variant fp32"
+    # AND a variant without measurements is refused, naming what was measured
+    with pytest.raises(ScenarioError, match="variant 'fp32-graph'"):
+        scenario_from_dict({**base, "latency": {"variant": "fp32-graph"}}, latency=_served_int8())
+    # AND a scenario's own model sizes win over latency.json's files
+    s = scenario_from_dict({**base, "supporting": {"model_mb": 300, "cold_start_read_mb": 50}},
+                           latency=_served_int8())
+    assert (s.supporting.model_mb, s.supporting.read_mb) == (300.0, 50.0)
+
+
+def test_a_latency_file_from_before_variants_prices_fp32_and_reads_the_whole_model() -> None:
+    # GIVEN an older latency.json: no served variant, one cold start of unknown variant, no file sizes
+    data = {"workload": {"requests_per_month": 1e6, "cold_start_fraction": 0.01}}
+    # WHEN a scenario without [latency] variant is resolved against it
+    s = scenario_from_dict(data, latency=_latency())
+    # THEN fp32 is priced with that cold start, and a cold start reads the whole (default) model
+    assert s.variant == "fp32" and s.engine is None and s.workload.init_ms == 1800.0
+    assert s.supporting.read_mb == s.supporting.model_mb == 100.0
+
+
+def test_variant_fields_round_trip_through_json() -> None:
+    # GIVEN a report with a served variant, engines, per-variant cold starts and file sizes
+    report = _served_int8()
+    # WHEN it is written and read back
+    again = latency_from_dict(report.to_dict())
+    # THEN nothing is lost, and the cold start of each variant is found
+    assert again == report
+    assert select_cold_start(again).init_ms == 600.0 and select_cold_start(again, "fp32").init_ms == 1900.0
+    with pytest.raises(LatencyFileError, match="measured: fp32, int8"):
+        select_cold_start(again, "fp32-graph")
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -86,6 +86,42 @@ def test_draft_target_follows_the_exif_rotation() -> None:
     assert image.size == (100, 400)
 
 
+def test_pixel_limit_is_checked_on_the_header_even_when_decoding_reduced() -> None:
+    # GIVEN a 2000x1500 (3 MP) JPEG that a 224x224 draft would decode at 500x375
+    data = encode(solid((40, 80, 120), (2000, 1500)), "JPEG")
+    # WHEN decoded with the draft and a 1 MP limit
+    # THEN 413: the limit is on the image sent, not on the pixels the reduced decode would make
+    with pytest.raises(PayloadTooLargeError) as caught:
+        decode_image(data, draft=(224, 224), max_pixels=1_000_000)
+    assert caught.value.code == "image_too_large" and "2000x1500" in caught.value.message
+
+
+def test_truncated_jpeg_is_refused_when_decoding_reduced() -> None:
+    # GIVEN a noisy 1200x900 JPEG cut at two thirds (libjpeg at 1/4 scale still reads every byte)
+    noisy = Image.fromarray(np.random.default_rng(2).integers(0, 255, (900, 1200, 3), np.uint8))
+    data = encode(noisy, "JPEG")
+    # WHEN decoded with a draft target  THEN not_an_image, never a partly grey picture
+    with pytest.raises(BadRequestError) as caught:
+        decode_image(data[: len(data) * 2 // 3], draft=(224, 224))
+    assert caught.value.code == "not_an_image"
+
+
+def test_large_grayscale_jpeg_is_reduced_and_becomes_rgb() -> None:
+    # GIVEN a 1000x800 grayscale JPEG
+    data = encode(solid(77, (1000, 800), mode="L"), "JPEG")  # type: ignore[arg-type]
+    # WHEN decoded toward 224x224  THEN reduced to 1/2 and RGB grey
+    image = decode_image(data, draft=(224, 224))
+    assert image.size == (500, 400) and image.mode == "RGB" and close(centre(image), (77, 77, 77), tolerance=2)
+
+
+def test_large_cmyk_jpeg_becomes_rgb_with_a_draft_target() -> None:
+    # GIVEN a 1000x800 CMYK JPEG of pure magenta (the draft applies to RGB and L only)
+    data = encode(solid((0, 255, 0, 0), (1000, 800), mode="CMYK"), "JPEG", quality=95)
+    # WHEN decoded toward 224x224  THEN RGB magenta, whole
+    image = decode_image(data, draft=(224, 224))
+    assert image.mode == "RGB" and image.size == (1000, 800) and close(centre(image), (255, 0, 255), tolerance=10)
+
+
 def test_small_jpeg_is_not_reduced() -> None:
     # GIVEN a JPEG less than twice the target on one edge
     data = encode(solid((0, 0, 255), (400, 300)), "JPEG")

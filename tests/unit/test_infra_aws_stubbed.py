@@ -4,18 +4,21 @@ policy, Function URL CORS, public-URL permissions, and the IAM-propagation retry
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from test_infra_fakes import make_stack
 
 from infra.aws import AWS
-from infra.exceptions import CredentialsError
-from infra.resources import inference_spec
+from infra.exceptions import CredentialsError, ModelSyncError
+from infra.resources import EFS_MODEL_TAG, inference_spec, sync_spec
 
 AP = "arn:aws:elasticfilesystem:us-east-1:123456789012:access-point/fsap-0abc"
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:demo-inference"
@@ -216,3 +219,116 @@ def test_missing_credentials_are_one_clear_error(aws: AWS, monkeypatch: pytest.M
     # THEN the error says how to provide credentials
     with pytest.raises(CredentialsError, match="no AWS credentials found"):
         fresh.account_id()
+
+
+# -- model-sync, run by deploy for the configured version (moto cannot run image functions) ---------
+
+SYNC_ARN = "arn:aws:lambda:us-east-1:123456789012:function:demo-model-sync"
+
+
+def sync_fn() -> Any:
+    return sync_spec(make_stack(), ("subnet-0a", "subnet-0b"), ("sg-0f",), AP)
+
+
+@pytest.fixture
+def invoke_stub(aws: AWS) -> Iterator[Stubber]:
+    """The long-read-timeout client the façade keeps for synchronous invocations."""
+    client = boto3.client("lambda", region_name="us-east-1")
+    aws._clients["lambda-invoke"] = client
+    with Stubber(client) as stub:
+        yield stub
+        stub.assert_no_pending_responses()
+
+
+def invoked(payload: dict[str, Any], function_error: str | None = None) -> dict[str, Any]:
+    body = json.dumps(payload).encode()
+    answer: dict[str, Any] = {"StatusCode": 200, "Payload": StreamingBody(io.BytesIO(body), len(body)),
+                              "ExecutedVersion": "$LATEST"}
+    if function_error:
+        answer["FunctionError"] = function_error
+    return answer
+
+
+SYNC_REQUEST = {"FunctionName": "demo-model-sync", "InvocationType": "RequestResponse",
+                "Payload": b'{"version": "demo-1"}'}
+
+
+def test_sync_model_invokes_synchronously_reports_and_records_the_confirmation(
+        aws: AWS, invoke_stub: Stubber, lambda_stub: Stubber) -> None:
+    # GIVEN model-sync answering that it downloaded demo-1
+    spec = sync_fn()
+    invoke_stub.add_response("invoke", invoked({"synced": [
+        {"name": "dogbreeds", "version": "demo-1", "directory": "/mnt/models/dogbreeds/versions/demo-1",
+         "downloaded": True, "bytes_downloaded": 97_800_000}], "ignored": 0}), SYNC_REQUEST)
+    lambda_stub.add_response("tag_resource", {}, {"Resource": SYNC_ARN, "Tags": {
+        EFS_MODEL_TAG: f"dogbreeds/demo-1 spec {spec.fingerprint()}"}})
+    progress: list[str] = []
+    aws.progress = progress.append
+    # WHEN the façade syncs the configured version
+    result = aws.sync_model(spec, SYNC_ARN, "dogbreeds", "demo-1")
+    # THEN it invoked RequestResponse with the version, tagged the function, and reported the download
+    assert (result.version, result.downloaded, result.bytes_downloaded) == ("demo-1", True, 97_800_000)
+    assert progress == ["dogbreeds/demo-1 is on EFS at /mnt/models/dogbreeds/versions/demo-1 (downloaded 97.8 MB)"]
+
+
+def test_the_invoke_client_outlasts_the_longest_function_and_never_retries_a_read(aws: AWS) -> None:
+    # GIVEN the client used for synchronous invocations
+    config = aws._invoke_client().meta.config
+    # THEN a 15-minute function can finish before the read times out, and a timed-out read is not resent
+    assert config.read_timeout > 900 and config.retries["total_max_attempts"] == 1
+
+
+def test_a_failing_sync_is_an_error_naming_the_version_and_the_functions_message(
+        aws: AWS, invoke_stub: Stubber, lambda_stub: Stubber) -> None:
+    # GIVEN model-sync raising (Lambda reports an unhandled function error with the exception)
+    invoke_stub.add_response("invoke", invoked({
+        "errorType": "StoreError", "errorMessage": "s3://demo-models/models/dogbreeds/demo-1/manifest.json: "
+                                                  "AccessDenied", "stackTrace": []}, "Unhandled"), SYNC_REQUEST)
+    # WHEN syncing
+    # THEN the error names the version, the function and its message, and nothing is tagged
+    with pytest.raises(ModelSyncError) as failed:
+        aws.sync_model(sync_fn(), SYNC_ARN, "dogbreeds", "demo-1")
+    message = str(failed.value)
+    assert "version demo-1" in message and "demo-model-sync failed with StoreError" in message
+    assert "AccessDenied" in message and "/aws/lambda/demo-model-sync" in message
+
+
+def test_an_image_that_ignores_direct_requests_is_an_error(aws: AWS, invoke_stub: Stubber,
+                                                           lambda_stub: Stubber) -> None:
+    # GIVEN an old image whose handler only knows S3 events (it answers "nothing synced")
+    invoke_stub.add_response("invoke", invoked({"synced": [], "ignored": 0}), SYNC_REQUEST)
+    # WHEN syncing
+    # THEN the deploy says so instead of recording the version as on EFS
+    with pytest.raises(ModelSyncError, match="answered without syncing it.*push a new one"):
+        aws.sync_model(sync_fn(), SYNC_ARN, "dogbreeds", "demo-1")
+
+
+def test_sync_model_waits_while_the_new_functions_efs_mount_is_not_reachable(
+        aws: AWS, invoke_stub: Stubber, lambda_stub: Stubber, time_: FakeTime) -> None:
+    # GIVEN a just-created VPC function whose EFS mount targets are not reachable yet, twice
+    for _ in range(2):
+        invoke_stub.add_client_error("invoke", "EFSMountConnectivityException", "Lambda cannot connect to EFS", 408,
+                                     expected_params=SYNC_REQUEST)
+    invoke_stub.add_response("invoke", invoked({"synced": [
+        {"name": "dogbreeds", "version": "demo-1", "directory": "/mnt/models/dogbreeds/versions/demo-1",
+         "downloaded": False, "bytes_downloaded": 0}]}), SYNC_REQUEST)
+    lambda_stub.add_response("tag_resource", {})
+    # WHEN syncing
+    result = aws.sync_model(sync_fn(), SYNC_ARN, "dogbreeds", "demo-1")
+    # THEN it retried after 5 s and 10 s, and then succeeded
+    assert time_.sleeps == [5.0, 10.0] and result.downloaded is False
+
+
+def test_object_exists_lists_the_exact_key_without_reading_it(aws: AWS) -> None:
+    # GIVEN S3 listing a longer key first for one prefix, and the exact key for another
+    client = boto3.client("s3", region_name="us-east-1")
+    aws._clients["s3"] = client
+    aws._account = "123456789012"
+    key = "models/dogbreeds/demo-1/manifest.json"
+    with Stubber(client) as stub:
+        stub.add_response("list_objects_v2", {"Contents": [{"Key": key + ".tmp"}]},
+                          {"Bucket": "b", "Prefix": key, "MaxKeys": 1, "ExpectedBucketOwner": "123456789012"})
+        stub.add_response("list_objects_v2", {"Contents": [{"Key": key}]})
+        # WHEN asked twice
+        # THEN only the exact key counts (a listing needs only s3:ListBucket, which the deployer has)
+        assert (aws.object_exists("b", key), aws.object_exists("b", key)) == (False, True)

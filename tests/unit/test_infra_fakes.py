@@ -17,7 +17,8 @@ from typing import Any
 from infra.aws import AWS
 from infra.aws_storage import PUBLIC_ACCESS_BLOCK, model_notification
 from infra.config import STACK_TAG, parse_config
-from infra.resources import RESOURCE_TAG, AlarmSpec, FunctionSpec, Stack
+from infra.exceptions import ModelSyncError
+from infra.resources import EFS_MODEL_TAG, RESOURCE_TAG, AlarmSpec, FunctionSpec, Stack, efs_model_marker
 from infra.state import (
     AccessPointState,
     AlarmState,
@@ -27,6 +28,7 @@ from infra.state import (
     FileSystemState,
     FunctionState,
     LogGroupState,
+    ModelSyncResult,
     MountTargetState,
     RemoteState,
     RepositoryState,
@@ -83,6 +85,9 @@ class FakeAWS:
         self.provisioned: dict[tuple[str, str], int] = {}
         self.scalings: dict[tuple[str, str], ScalingState] = {}
         self.alarm_states: dict[str, AlarmState] = {}
+        self.objects: set[tuple[str, str]] = set()  # (bucket, key) of published model files
+        self.efs: set[tuple[str, str]] = set()  # (model, version) the sync function has copied to EFS
+        self.sync_errors: dict[str, str] = {}  # version -> the error the sync function fails with
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):08x}"
@@ -102,6 +107,9 @@ class FakeAWS:
 
     def bucket(self, name: str) -> BucketState | None:
         return self.buckets.get(name)
+
+    def object_exists(self, bucket: str, key: str) -> bool:
+        return bucket in self.buckets and (bucket, key) in self.objects
 
     def repository(self, name: str) -> RepositoryState | None:
         return self.repos.get(name)
@@ -458,6 +466,21 @@ class FakeAWS:
     def deregister_scaling(self, function: str, qualifier: str) -> None:
         self._record("deregister_scaling", function=function)
         del self.scalings[(function, qualifier)]
+
+    def sync_model(self, spec: FunctionSpec, arn: str, model: str, version: str) -> ModelSyncResult:
+        """Like the real façade: fails with the function's error, or marks the version on EFS and tags."""
+        self._record("sync_model", function=spec.name, arn=arn, model=model, version=version)
+        assert self.functions[spec.name].arn == arn, "model-sync invoked before it exists"
+        if version in self.sync_errors:
+            raise ModelSyncError(f"model {model} version {version} could not be synced to EFS: {spec.name} failed "
+                                 f"with {self.sync_errors[version]}")
+        downloaded = (model, version) not in self.efs
+        self.efs.add((model, version))
+        state = self.functions[spec.name]
+        self.functions[spec.name] = dataclasses.replace(
+            state, tags={**state.tags, EFS_MODEL_TAG: efs_model_marker(spec, model, version)})
+        return ModelSyncResult(model, version, f"/mnt/models/{model}/versions/{version}", downloaded,
+                               1000 if downloaded else 0)
 
     def put_alarm(self, spec: AlarmSpec) -> None:
         self._record("put_alarm", name=spec.name, spec=spec)

@@ -9,7 +9,7 @@ import io
 import pytest
 from test_infra_fakes import ACCOUNT, IMAGE, S3_PREFIX_LIST, FakeAWS, make_stack
 
-from infra.exceptions import DeployError
+from infra.exceptions import DeployError, ModelSyncError
 from infra.executor import DryRunExecutor, Executor
 from infra.plan import Call, Plan, Ref
 from infra.planner import plan_deploy
@@ -287,3 +287,126 @@ def test_the_executor_refuses_unknown_methods_before_running_anything() -> None:
     with pytest.raises(TypeError, match="crate_bucket"):
         Executor(remote, io.StringIO()).execute(plan)
     assert remote.calls == []
+
+
+# -- the configured model version reaches EFS -------------------------------------------------------
+
+def publish(remote: FakeAWS, stack: Stack, version: str | None = None) -> None:
+    """What `model_store publish` leaves in the bucket that the planner looks for: the manifest."""
+    remote.objects.add((stack.bucket, stack.manifest_key(version or stack.config.model.version)))
+
+
+def test_a_model_published_before_the_first_deploy_is_synced_to_efs_by_the_deploy() -> None:
+    # GIVEN a deployed bucket (first deploy, no model yet), then the model published while the
+    # sync function did not exist (its S3 event reached nobody), then the functions deleted
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    remote.functions.clear(), remote.published.clear(), remote.aliases.clear()
+    # WHEN deploying
+    plan = deploy(stack, remote)
+    # THEN model-sync is run for the configured version once it exists, before a version goes live
+    order = methods(plan)
+    assert order.count("sync_model") == 1
+    assert order.index("create_function") < order.index("sync_model") < order.index("publish_version")
+    call = next(c for c in plan.calls if c.method == "sync_model")
+    assert (call.params["model"], call.params["version"]) == ("dogbreeds", "demo-1")
+    assert call.params["arn"] == stack.function_arn(stack.sync_function)
+    assert ("dogbreeds", "demo-1") in remote.efs
+    # AND a second deploy with nothing changed plans nothing
+    assert plan_deploy(stack, remote).is_empty
+
+
+def test_first_deploy_into_an_account_where_the_bucket_already_holds_the_model() -> None:
+    # GIVEN an existing bucket (say, made by an earlier stack's destroy without --delete-data) with the model
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    fresh = FakeAWS()
+    fresh.buckets, fresh.objects = remote.buckets, remote.objects
+    # WHEN everything else is created
+    plan = deploy(stack, fresh)
+    # THEN the model is copied to EFS as part of it, and the next plan is empty
+    assert methods(plan).count("sync_model") == 1 and ("dogbreeds", "demo-1") in fresh.efs
+    assert plan_deploy(stack, fresh).is_empty
+
+
+def test_an_unpublished_model_is_a_note_not_a_step() -> None:
+    # GIVEN an empty account (the bucket is created by this very plan)
+    remote, stack = FakeAWS(), make_stack()
+    # WHEN planning and deploying
+    plan = deploy(stack, remote)
+    # THEN nothing tries to sync, and the notes say the function answers 503 until the version is published
+    assert "sync_model" not in methods(plan)
+    assert any("demo-1" in n and "503" in n and "publish" in n for n in plan.notes)
+    # AND once deployed without the model, planning again still changes nothing
+    again = plan_deploy(stack, remote)
+    assert again.is_empty and any("not published yet" in s.message for s in again.steps)
+
+
+def test_a_new_configured_version_is_synced_before_live_moves_to_it() -> None:
+    # GIVEN a deployed stack whose model demo-1 is on EFS, and demo-2 published since
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    deploy(stack, remote)
+    publish(remote, stack, "demo-2")
+    # WHEN the config moves to demo-2
+    newer = make_stack(model={"version": "demo-2"})
+    plan = plan_deploy(newer, remote)
+    # THEN demo-2 is synced first, then the inference function is updated and live routed to it
+    assert methods(plan) == ["sync_model", "update_function_configuration", "publish_version", "route_alias",
+                             "put_alarm"]
+    assert plan.calls[0].params["version"] == "demo-2" and "last confirmed: dogbreeds/demo-1" in plan.calls[0].message
+    Executor(remote, io.StringIO()).execute(plan)
+    assert plan_deploy(newer, remote).is_empty
+
+
+def test_a_changed_sync_function_syncs_again_but_inference_only_changes_do_not() -> None:
+    # GIVEN a deployed stack with its model on EFS (the second deploy confirmed it)
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    assert methods(deploy(stack, remote)) == ["sync_model"]
+    # WHEN only the inference function's memory changes
+    # THEN nothing is synced (the model it reads is where it was)
+    assert "sync_model" not in methods(plan_deploy(make_stack(function={"memory_mb": 4096}), remote))
+    # WHEN the sync function changes (its spec fingerprint is part of the confirmation)
+    plan = plan_deploy(make_stack(sync={"memory_mb": 2048}), remote)
+    # THEN it is updated and then run again (idempotent: a complete version is not downloaded again)
+    assert methods(plan) == ["update_function_configuration", "sync_model"]
+
+
+def test_a_failed_sync_stops_the_deploy_with_the_functions_error_and_the_rerun_retries_it() -> None:
+    # GIVEN the model published before the first deploy, and a sync function that fails for it
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    remote.functions.clear(), remote.published.clear(), remote.aliases.clear()
+    remote.sync_errors["demo-1"] = "ChecksumError: model.safetensors does not match its manifest"
+    # WHEN deploying
+    # THEN the deploy stops with an error naming the version and the function's message
+    with pytest.raises(ModelSyncError, match="version demo-1 .*ChecksumError: model.safetensors does not match"):
+        deploy(stack, remote)
+    # WHEN the cause is fixed and deploy runs again
+    del remote.sync_errors["demo-1"]
+    plan = deploy(stack, remote)
+    # THEN the sync is planned again (nothing confirmed it), then the rest that did not run
+    assert methods(plan)[0] == "sync_model" and ("dogbreeds", "demo-1") in remote.efs
+    assert plan_deploy(stack, remote).is_empty
+
+
+def test_the_dry_run_prints_the_sync_step() -> None:
+    # GIVEN a plan that syncs the model (published before the functions exist)
+    remote, stack = FakeAWS(), make_stack()
+    deploy(stack, remote)
+    publish(remote, stack)
+    remote.functions.clear(), remote.published.clear(), remote.aliases.clear()
+    out = io.StringIO()
+    # WHEN printed by the dry-run executor
+    DryRunExecutor(out).execute(plan_deploy(stack, remote), "Plan:")
+    # THEN the step is shown under its own heading, naming the version and the function
+    text = out.getvalue()
+    assert ("  model on EFS\n    + copy dogbreeds/demo-1 from S3 to EFS: run demo-model-sync and wait for it "
+            "(last confirmed: nothing)") in text
+    assert remote.called("sync_model") == []

@@ -9,6 +9,7 @@ import pytest
 
 from handler import sync_app
 from model_store.exceptions import ManifestError
+from model_store.sync import SyncResult
 
 STORE = "s3://models-bucket/models"
 
@@ -51,21 +52,66 @@ def test_a_store_that_is_not_s3_is_a_configuration_error() -> None:
         sync_app.versions_in_event(s3_event(), "file:///tmp/store", "dogbreeds")
 
 
-def test_the_handler_syncs_each_version_into_the_mounted_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # GIVEN the function's environment and a recording stand-in for model_store.sync.sync
+class RecordingSync:
+    """Stands in for model_store.sync.sync_version: records each request, reports a download."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, store_uri: str, name: str, root: str, *, progress: bool, version: str | None = None,
+                 alias: str | None = None) -> SyncResult:
+        self.calls.append({"store": store_uri, "name": name, "root": root, "progress": progress,
+                           "version": version, "alias": alias})
+        resolved = version or f"{alias}-target"
+        return SyncResult(name, resolved, Path(root) / name / "versions" / resolved, downloaded=True,
+                          bytes_downloaded=1234, alias=alias)
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordingSync:
+    """The function's environment, with MODEL_ROOT in tmp_path, and a recording sync."""
     monkeypatch.setenv("MODEL_STORE_URI", STORE)
     monkeypatch.setenv("MODEL_ROOT", str(tmp_path))
     monkeypatch.setenv("MODEL_NAME", "dogbreeds")
-    calls = []
+    fake = RecordingSync()
+    monkeypatch.setattr(sync_app, "sync_version", fake)
+    return fake
 
-    def fake_sync(store_uri: str, name: str, root: str, *, version: str, progress: bool) -> Path:
-        calls.append((store_uri, name, root, version, progress))
-        return Path(root) / name / "versions" / version
 
-    monkeypatch.setattr(sync_app, "sync", fake_sync)
+def test_the_handler_syncs_each_version_into_the_mounted_root(recording: RecordingSync, tmp_path: Path) -> None:
+    # GIVEN the function's environment and a recording stand-in for model_store.sync.sync_version
     # WHEN invoked with one manifest event
     answer = sync_app.lambda_handler(s3_event("models/dogbreeds/v3/manifest.json"), None)
-    # THEN that version was synced quietly into MODEL_ROOT, and the answer says where
-    assert calls == [(STORE, "dogbreeds", str(tmp_path), "v3", False)]
+    # THEN that version was synced quietly into MODEL_ROOT, and the answer says where and what it cost
+    assert recording.calls == [{"store": STORE, "name": "dogbreeds", "root": str(tmp_path), "progress": False,
+                                "version": "v3", "alias": None}]
     assert answer == {"synced": [{"name": "dogbreeds", "version": "v3",
-                                  "directory": str(tmp_path / "dogbreeds" / "versions" / "v3")}], "ignored": 0}
+                                  "directory": str(tmp_path / "dogbreeds" / "versions" / "v3"),
+                                  "downloaded": True, "bytes_downloaded": 1234}], "ignored": 0}
+
+
+@pytest.mark.parametrize("event", [{"version": "demo-1"}, {"alias": "live"}])
+def test_a_direct_request_syncs_the_named_version_or_alias(recording: RecordingSync, event: dict[str, str]) -> None:
+    # GIVEN a direct invocation as `python -m infra deploy` sends it (no S3 record involved)
+    # WHEN handled
+    answer = sync_app.lambda_handler(event, None)
+    # THEN exactly that version or alias was synced, and the answer names the resulting version
+    (call,) = recording.calls
+    assert {k: call[k] for k in ("version", "alias")} == {"version": event.get("version"), "alias": event.get("alias")}
+    assert answer["synced"][0]["version"] == event.get("version", "live-target") and answer["ignored"] == 0
+
+
+@pytest.mark.parametrize("event, error", [
+    ({"version": "v1", "alias": "live"}, ValueError),
+    ({"version": "v1", "force": True}, ValueError),
+    ({"version": "../etc"}, ManifestError),
+    ({"version": 7}, ManifestError),
+])
+def test_an_ambiguous_or_unsafe_direct_request_is_refused(recording: RecordingSync, event: dict[str, Any],
+                                                          error: type[Exception]) -> None:
+    # GIVEN a direct request naming two things, an unknown key, or an invalid version
+    # WHEN handled
+    # THEN it fails before anything is synced
+    with pytest.raises(error):
+        sync_app.lambda_handler(event, None)
+    assert recording.calls == []

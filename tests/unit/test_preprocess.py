@@ -1,8 +1,11 @@
-"""Our preprocessing against torchvision's transforms on the same PIL images."""
+"""Our preprocessing against torchvision's transforms on the same PIL images: the same bits."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,9 @@ from PIL import Image
 from torchvision import transforms
 
 from model_store.manifest import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from model_store.preprocess import crop_box, draft_size, to_tensor
+from model_store.preprocess import crop_box, draft_size, to_array, to_tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 ODD_SIZES = [(301, 197), (197, 301), (225, 223), (1001, 777), (100, 60), (224, 224), (256, 257)]
 
@@ -44,12 +49,12 @@ def reference_pipeline(spec: Preprocessing) -> transforms.Compose:
 def test_presets_equal_torchvision(preset: str, width: int, height: int) -> None:
     # GIVEN an odd-sized RGB image and a preset
     image, spec = noisy_image(width, height), Preprocessing.preset(preset)
-    # WHEN both pipelines turn it into a tensor
-    expected, got = reference_pipeline(spec)(image), to_tensor(image, spec)
-    # THEN shapes, dtype and values agree
+    # WHEN both pipelines turn it into the model's input
+    expected, got = reference_pipeline(spec)(image), to_array(image, spec)
+    # THEN shapes, dtype and every bit agree
     assert got.shape == expected.shape == (3, 224, 224)
-    assert got.dtype == torch.float32 and got.is_contiguous()
-    assert (got - expected).abs().max().item() <= 1e-6
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, expected.numpy())
 
 
 @pytest.mark.parametrize(
@@ -68,10 +73,10 @@ def test_other_specs_equal_torchvision(spec: Preprocessing, width: int, height: 
     # GIVEN an odd-sized image and a less common preprocessing
     image = noisy_image(width, height, seed=3)
     # WHEN both pipelines run
-    expected, got = reference_pipeline(spec)(image), to_tensor(image, spec)
-    # THEN they agree, padding included
+    expected, got = reference_pipeline(spec)(image), to_array(image, spec)
+    # THEN they agree to the bit, padding included
     assert got.shape == expected.shape
-    assert (got - expected).abs().max().item() <= 1e-6
+    assert np.array_equal(got, expected.numpy())
 
 
 def test_non_rgb_input_is_converted_first() -> None:
@@ -123,3 +128,27 @@ def test_draft_size_shorter_side_keeps_the_shorter_side() -> None:
     # THEN it did reduce, but the shorter side still covers the resize
     assert decoded.size[0] < 1600 and min(decoded.size) >= 256
     assert to_tensor(decoded.convert("RGB"), spec).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("preset", ["resize224", "imagenet"])
+def test_to_tensor_is_to_array_as_a_tensor(preset: str) -> None:
+    # GIVEN an image and a preset (training and int8 calibration still want torch tensors)
+    image, spec = noisy_image(333, 250, seed=5), Preprocessing.preset(preset)
+    # WHEN it is preprocessed both ways
+    tensor, array = to_tensor(image, spec), to_array(image, spec)
+    # THEN the tensor is the same float32 [3, H, W], contiguous, bit for bit
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+    assert np.array_equal(tensor.numpy(), array)
+
+
+def test_preprocessing_does_not_import_torch() -> None:
+    # GIVEN a fresh interpreter (a runtime serving an ONNX variant must never import torch)
+    code = ("import sys; from PIL import Image; "
+            "from model_store.manifest import Preprocessing; from model_store.preprocess import to_array; "
+            "to_array(Image.new('RGB', (300, 200)), Preprocessing.preset('imagenet')); "
+            "print('torch' in sys.modules)")
+    # WHEN it imports the preprocessing and preprocesses an image
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=120, check=True)
+    # THEN torch was never imported
+    assert result.stdout.strip() == "False"

@@ -149,8 +149,8 @@ def test_every_iam_policy_passes_the_least_privilege_lint() -> None:
 
 
 def test_serving_code_never_unpickles_weights() -> None:
-    # GIVEN the code that runs inside the function: handler/ and the model loader
-    serving = python_files("handler", "model_store/loader.py", "model_store/quantize.py")
+    # GIVEN the code that runs inside the function: handler/, the model loader and the predictors
+    serving = python_files("handler", "model_store/loader.py", "model_store/predictor.py")
     unpickling = {"torch.load", "pickle.load", "pickle.loads", "pickle.Unpickler", "joblib.load", "dill.load",
                   "numpy.load", "np.load", "torch.serialization.load"}
     # THEN none of it calls an unpickler, and the fp32 weights are read with safetensors
@@ -159,10 +159,17 @@ def test_serving_code_never_unpickles_weights() -> None:
     assert found == []
     loader_calls = {name for name, _ in calls(REPO / "model_store" / "loader.py")}
     assert "load_file" in loader_calls  # safetensors.torch.load_file
-    # AND TorchScript (code, not data) is loaded in exactly one audited place, from verified bytes
-    jit_loads = [str(p.relative_to(REPO)) for p in python_files(*SCANNED) for name, _ in calls(p)
-                 if name == "torch.jit.load"]
-    assert set(jit_loads) <= {"model_store/graph.py"}
+    # AND a serialized graph (code, not data) is parsed in exactly one audited place, OnnxPredictor, which
+    # serving builds only in the loader, from bytes it verified (and publishing from bytes it just made)
+    sessions = {str(p.relative_to(REPO)) for p in python_files(*SCANNED) for name, _ in calls(p)
+                if name.endswith("InferenceSession")}
+    assert sessions == {"model_store/predictor.py"}
+    builders = {str(p.relative_to(REPO)) for p in python_files(*SCANNED) for name, _ in calls(p)
+                if name == "OnnxPredictor"}
+    assert builders <= {"model_store/loader.py", "model_store/variants.py"}
+    assert "model_store/loader.py" in builders
+    # AND no TorchScript is loaded anywhere any more
+    assert [p for p in python_files(*SCANNED) for name, _ in calls(p) if name == "torch.jit.load"] == []
 
 
 def test_every_torch_load_in_the_repo_passes_weights_only_true() -> None:
