@@ -36,8 +36,16 @@ _SWAPS_AXES = {5, 6, 7, 8}
 
 
 def configure_pillow(max_image_pixels: int) -> None:
-    """Make Pillow's own bomb guard use our limit (it warns above it and raises above twice it)."""
+    """Make Pillow's own bomb guard use our limit, and its warning band a refusal, process-wide.
+
+    Pillow warns between `MAX_IMAGE_PIXELS` and twice that and raises above. The "error" filter
+    for `DecompressionBombWarning` is installed here, once, for the whole process (warning
+    filters are global state: setting them per call, with `warnings.catch_warnings`, is not
+    thread-safe, and batches decode on worker threads). It only makes Pillow stop earlier:
+    `decode_image` refuses the warning band itself, from the header, with or without the filter.
+    """
     Image.MAX_IMAGE_PIXELS = max_image_pixels
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -92,19 +100,21 @@ def decode_image(
         )
     if fmt not in SERVED_FORMATS:
         raise UnsupportedMediaTypeError(f"{fmt} images are not served: send JPEG, PNG, WebP, GIF or BMP")
+    # Pillow only warns between its MAX_IMAGE_PIXELS and twice that: here the warning band is a
+    # refusal too, checked from the header rather than through warning filters (process-wide
+    # state, which a decode on another thread must not depend on; see `configure_pillow`).
+    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; here a warning is a refusal.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            _check_pixels(image, max_pixels)
-            orientation = _orientation(image)
-            if fmt == "JPEG" and draft is not None:
-                _reduce_jpeg(image, draft, orientation)
-            image.load()
-            if orientation not in (None, 1):
-                ImageOps.exif_transpose(image, in_place=True)
-            return to_rgb(image)
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        _check_pixels(image, limit)
+        orientation = _orientation(image)
+        if fmt == "JPEG" and draft is not None:
+            _reduce_jpeg(image, draft, orientation)
+        image.load()
+        _check_pixels(image, limit)  # a GIF frame may widen the canvas while it loads
+        if orientation not in (None, 1):
+            ImageOps.exif_transpose(image, in_place=True)
+        return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLargeError(
             f"the image has more than the {max_pixels:,} pixels this function accepts", code="image_too_large"
