@@ -179,6 +179,15 @@ def decode_base64(text: Any, max_bytes: int) -> bytes:
             raise BadRequestError("a data: URL must be data:<type>;base64,<data>", code="bad_base64")
     if len(text) > 2 * _base64_length(max_bytes) + 1024:  # cheap early refusal, before any copying
         raise _too_large(max_bytes)
+    if len(text) <= _base64_length(max_bytes) + 3:
+        try:  # what almost every client sends: plain, padded, standard base64 (half the time of the clean-up)
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+        else:
+            if len(data) > max_bytes:
+                raise _too_large(max_bytes)
+            return data
     compact = "".join(text.split()).rstrip("=")
     if len(compact) > _base64_length(max_bytes):
         raise _too_large(max_bytes)

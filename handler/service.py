@@ -181,7 +181,8 @@ class Service:
         body = responses.batch_body(results)
         body["model"] = classifier.identity
         body["timing_ms"] = {
-            "inference": answered[0]["timing_ms"]["inference"] if answered else 0.0,
+            # every chunk's forward pass once: each answer carries its chunk's time and size
+            "inference": round(sum(r["timing_ms"]["inference"] / r["timing_ms"]["chunk_size"] for r in answered), 3),
             "total": elapsed_ms(start),
             "variant": classifier.variant,
         }

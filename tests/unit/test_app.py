@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,28 @@ def test_direct_batch_runs_one_pass_and_keeps_order(service: Service, monkeypatc
     assert results[1] == {"error": {"code": "not_an_image", "message": results[1]["error"]["message"]},
                           "status": 400}
     assert body["model"]["version"] == "v1" and body["timing_ms"]["inference"] > 0
+
+
+def test_direct_batch_inference_time_counts_every_chunk(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN six images, so the classifier runs a chunk of four and a chunk of two, each taking a known time
+    payload = event("direct_batch.json")
+    payload["images"] = (payload["images"] * 3)[:6]
+    classifier = service.holder.get()
+    original = classifier.predict
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02 * batch.shape[0])
+        return original(batch)
+
+    monkeypatch.setattr(classifier, "predict", slow)
+    # WHEN invoked
+    body = service.handle(payload, Context())
+    # THEN each answer names its chunk, and the batch's inference time is both chunks', counted once each
+    sizes = [r["timing_ms"]["chunk_size"] for r in body["results"]]
+    assert sizes == [4, 4, 4, 4, 2, 2]
+    chunk_ms = {r["timing_ms"]["chunk_size"]: r["timing_ms"]["inference"] for r in body["results"]}
+    assert body["timing_ms"]["inference"] == pytest.approx(chunk_ms[4] + chunk_ms[2], abs=0.01)
+    assert body["timing_ms"]["inference"] >= 120.0
 
 
 @pytest.mark.parametrize("payload, status, code", [

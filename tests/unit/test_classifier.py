@@ -9,6 +9,7 @@ import io
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,7 @@ def test_the_model_gets_float32_batches_and_the_batch_path_matches_the_single_on
     classifier = Classifier(model, manifest())
     # WHEN the same images are classified one by one and as a batch
     single = [classifier.classify(png(c), top_k=3, include_logits=True) for c in (RED, BLUE)]
+    classifier.batch_chunk = 2
     batch = classifier.classify_batch([png(RED), png(BLUE)], top_k=3, include_logits=True)
     # THEN every input was a float32 [N, 3, 32, 32] array, and the answers agree
     assert [(x.shape, x.dtype) for x in model.inputs] == [((1, 3, 32, 32), np.float32)] * 2 + [
@@ -189,7 +191,7 @@ def test_a_model_answering_the_wrong_batch_size_is_an_internal_error() -> None:
             return self.row
 
     with pytest.raises(InternalError, match=r"shape \(1, 3\) for a batch of 2"):
-        Classifier(OneRow([1.0, 2.0, 3.0]), manifest()).classify_batch([png(RED), png(BLUE)])
+        Classifier(OneRow([1.0, 2.0, 3.0]), manifest(), batch_chunk=2).classify_batch([png(RED), png(BLUE)])
 
 
 def test_the_classifier_imports_no_engine() -> None:
@@ -216,20 +218,76 @@ def test_wrong_number_of_scores_is_an_internal_error() -> None:
         Classifier(Constant([1.0, 2.0]), manifest()).classify(png(RED))
 
 
-def test_batch_runs_one_forward_pass_and_keeps_order() -> None:
-    # GIVEN red, garbage and blue images
+def test_batch_runs_in_chunks_and_keeps_order() -> None:
+    # GIVEN red, garbage, blue, green and red images, and chunks of two
+    model = MeanColour()
+    classifier = Classifier(model, manifest(), batch_chunk=2)
+    # WHEN classified as a batch
+    results = classifier.classify_batch([png(RED), b"not an image", png(BLUE), png(GREEN), png(RED)], top_k=2)
+    # THEN the four good images ran two by two (then the rest), results are in input order,
+    # and the bad image's slot holds its error
+    assert model.batches == [2, 2]
+    assert [r.code if isinstance(r, HandlerError) else r["predictions"][0]["index"] for r in results] == \
+        [0, "not_an_image", 2, 1, 0]
+    answers = [r for r in results if isinstance(r, dict)]
+    # AND each answer's inference is its own chunk's forward pass
+    inference = [a["timing_ms"]["inference"] for a in answers]
+    assert inference[0] == inference[1] and inference[2] == inference[3]
+    assert all(len(a["predictions"]) == 2 for a in answers)
+    for answer in answers:
+        timing = answer["timing_ms"]
+        assert timing["total"] >= timing["decode"] + timing["preprocess"] + timing["inference"]
+
+
+def test_batch_decodes_on_two_worker_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a decode that only returns once two decodes are running at the same time
+    classifier = Classifier(MeanColour(), manifest())
+    both = threading.Barrier(2, timeout=10)
+    threads: set[str] = set()
+    decode = classifier.decode
+
+    def paired(data: bytes) -> Image.Image:
+        threads.add(threading.current_thread().name)
+        both.wait()
+        return decode(data)
+
+    monkeypatch.setattr(classifier, "decode", paired)
+    # WHEN four images are classified as a batch (a single worker would break the barrier)
+    results = classifier.classify_batch([png(RED), png(GREEN), png(BLUE), png(RED)], top_k=1)
+    # THEN they were decoded two at a time, off the calling thread, and all answered in order
+    assert [r["predictions"][0]["index"] for r in results if isinstance(r, dict)] == [0, 1, 2, 0]
+    assert len(threads) == 2 and threading.current_thread().name not in threads
+
+
+def test_batch_workers_are_made_once_and_only_for_batches(classifier: Classifier) -> None:
+    # GIVEN single requests  THEN no worker threads exist
+    classifier.classify(png(RED))
+    assert classifier._batch_pool is None
+    # WHEN two batches run  THEN they share one pool
+    classifier.classify_batch([png(RED)])
+    pool = classifier._batch_pool
+    classifier.classify_batch([png(BLUE), png(GREEN)])
+    assert pool is not None and classifier._batch_pool is pool
+
+
+def test_a_bug_while_decoding_a_batch_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a decode step that fails with something other than a HandlerError (a bug)
     model = MeanColour()
     classifier = Classifier(model, manifest())
-    # WHEN classified as a batch
-    results = classifier.classify_batch([png(RED), b"not an image", png(BLUE)], top_k=2)
-    # THEN ONE forward pass of the two good images ran, results are in input order,
-    # and the bad image's slot holds its error
-    assert model.batches == [2]
-    assert isinstance(results[0], dict) and results[0]["predictions"][0]["index"] == 0
-    assert isinstance(results[1], HandlerError) and results[1].code == "not_an_image"
-    assert isinstance(results[2], dict) and results[2]["predictions"][0]["index"] == 2
-    assert results[0]["timing_ms"]["inference"] == results[2]["timing_ms"]["inference"]
-    assert len(results[0]["predictions"]) == 2
+
+    def broken(data: bytes) -> Image.Image:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(classifier, "decode", broken)
+    # WHEN a batch runs  THEN the bug comes out (the service answers 500) and the model never ran
+    with pytest.raises(RuntimeError, match="bug"):
+        classifier.classify_batch([png(RED), png(BLUE)])
+    assert model.batches == []
+
+
+def test_batch_chunk_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="batch_chunk must be at least 1"):
+        Classifier(MeanColour(), manifest(), batch_chunk=0)
 
 
 def test_batch_of_only_bad_images_runs_nothing() -> None:
@@ -250,6 +308,32 @@ def test_a_spent_deadline_stops_before_inference() -> None:
         classifier.classify_batch([png(RED)], deadline=deadline)
     assert model.batches == []
     assert deadline.asked == [0.0, 0.0]  # nothing measured yet: no inference time expected
+
+
+class RefuseAfter:
+    """A deadline that allows `allowed` checks, then refuses."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.asked: list[float] = []
+
+    def check(self, expected_ms: float) -> None:
+        self.asked.append(expected_ms)
+        if len(self.asked) > self.allowed:
+            raise DeadlineExceededError("no time left")
+
+
+def test_the_deadline_is_checked_before_each_chunk() -> None:
+    # GIVEN chunks of two and a deadline that runs out after the first chunk
+    model = MeanColour()
+    classifier = Classifier(model, manifest(), batch_chunk=2)
+    deadline = RefuseAfter(1)
+    # WHEN five images are classified  THEN the first chunk ran, the second was refused
+    with pytest.raises(DeadlineExceededError):
+        classifier.classify_batch([png(RED)] * 5, deadline=deadline)
+    assert model.batches == [2]
+    # AND the second check expected two images' worth of the time the first chunk took
+    assert deadline.asked[0] == 0.0 and deadline.asked[1] == pytest.approx(classifier.expected_inference_ms(2))
 
 
 def test_warm_up_seeds_the_inference_estimate(classifier: Classifier) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from handler.decode import SERVED_FORMATS, decode_image, sniff_format
+from handler.decode import SERVED_FORMATS, configure_pillow, decode_image, sniff_format
 from handler.exceptions import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 ORIENTATION = 0x0112
@@ -232,6 +235,56 @@ def test_pillow_bomb_warning_is_an_error_too(monkeypatch: pytest.MonkeyPatch) ->
     # THEN the warning is treated as a refusal
     with pytest.raises(PayloadTooLargeError):
         decode_image(encode(solid((0, 0, 0), (50, 50)), "PNG"), max_pixels=10**9)
+
+
+def test_the_warning_band_is_refused_whatever_the_warning_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN Pillow's guard at 2000 pixels and every DecompressionBombWarning ignored (filters are
+    # process-wide: another thread, or a library, may have changed them)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # WHEN a 2500-pixel image is decoded  THEN it is still refused, naming Pillow's limit
+        with pytest.raises(PayloadTooLargeError) as caught:
+            decode_image(encode(solid((0, 0, 0), (50, 50)), "PNG"), max_pixels=10**9)
+    assert caught.value.code == "image_too_large" and "2,000" in caught.value.message
+
+
+def test_configure_pillow_sets_the_limit_and_makes_the_warning_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a configured limit (the filter it installs is undone with the test's warning state)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        configure_pillow(3000)
+        # THEN Pillow uses it, and its warning band raises instead of warning
+        assert Image.MAX_IMAGE_PIXELS == 3000
+        with pytest.raises(Image.DecompressionBombWarning):
+            Image.open(io.BytesIO(encode(solid((0, 0, 0), (60, 60)), "PNG")))
+
+
+def test_two_threads_decoding_at_once_each_get_their_own_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN Pillow's guard at 2000 pixels: a 50x50 PNG is in its warning band (a bomb to us),
+    # a 40x30 one is fine; no process-wide "error" filter, so only decode_image's own check counts
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    bomb, good = encode(solid((0, 0, 0), (50, 50)), "PNG"), encode(solid((1, 2, 3)), "PNG")
+
+    def decode(data: bytes) -> str:
+        try:
+            return f"{decode_image(data, max_pixels=10**9).size}"
+        except PayloadTooLargeError as exc:
+            return exc.code
+
+    # WHEN two threads decode them at the same time, many times over, switching threads often
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                answers = list(pool.map(decode, [bomb, good] * 1000))
+    finally:
+        sys.setswitchinterval(interval)
+    # THEN every bomb is refused and every good image decoded, never one the other's answer
+    assert answers == ["image_too_large", "(40, 30)"] * 1000
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
