@@ -32,15 +32,21 @@ def publish_fake_version(version: str, tmp_path: Path) -> Manifest:
     return manifest
 
 
+def function_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model-sync function's environment (store, model root, model name); returns the model root."""
+    root = tmp_path / "efs"
+    monkeypatch.setenv("MODEL_STORE_URI", STORE)
+    monkeypatch.setenv("MODEL_ROOT", str(root))
+    monkeypatch.setenv("MODEL_NAME", "dogbreeds")
+    return root
+
+
 def test_an_s3_manifest_event_syncs_that_version_to_the_model_root(aws_endpoint: str, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN version v7 published to the bucket, and the function's environment
     boto3.client("s3").create_bucket(Bucket="breedserve-models")
     manifest = publish_fake_version("v7", tmp_path)
-    root = tmp_path / "efs"
-    monkeypatch.setenv("MODEL_STORE_URI", STORE)
-    monkeypatch.setenv("MODEL_ROOT", str(root))
-    monkeypatch.setenv("MODEL_NAME", "dogbreeds")
+    root = function_environment(tmp_path, monkeypatch)
     event = {"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "breedserve-models"},
                                                           "object": {"key": "models/dogbreeds/v7/manifest.json"}}}]}
     # WHEN S3 invokes the function with the manifest's ObjectCreated event
@@ -57,10 +63,7 @@ def test_a_direct_request_syncs_a_version_published_before_any_event(aws_endpoin
     # GIVEN version v8 already in the bucket (its S3 event went nowhere), and the function's environment
     boto3.client("s3").create_bucket(Bucket="breedserve-models")
     manifest = publish_fake_version("v8", tmp_path)
-    root = tmp_path / "efs"
-    monkeypatch.setenv("MODEL_STORE_URI", STORE)
-    monkeypatch.setenv("MODEL_ROOT", str(root))
-    monkeypatch.setenv("MODEL_NAME", "dogbreeds")
+    root = function_environment(tmp_path, monkeypatch)
     # WHEN deploy invokes the function directly for that version, twice
     first = lambda_handler({"version": "v8"}, None)
     second = lambda_handler({"version": "v8"}, None)

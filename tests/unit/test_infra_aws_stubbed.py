@@ -47,13 +47,18 @@ def aws(time_: FakeTime) -> AWS:
     return AWS("us-east-1", session=boto3.Session(region_name="us-east-1"), sleep=time_.sleep, clock=time_.clock)
 
 
-@pytest.fixture
-def lambda_stub(aws: AWS) -> Iterator[Stubber]:
+def stubbed_lambda(aws: AWS, slot: str) -> Iterator[Stubber]:
+    """A stubbed Lambda client put in the façade's client slot `slot`; every queued response must be used."""
     client = boto3.client("lambda", region_name="us-east-1")
-    aws._clients["lambda"] = client
+    aws._clients[slot] = client
     with Stubber(client) as stub:
         yield stub
         stub.assert_no_pending_responses()
+
+
+@pytest.fixture
+def lambda_stub(aws: AWS) -> Iterator[Stubber]:
+    yield from stubbed_lambda(aws, "lambda")
 
 
 def spec() -> Any:
@@ -233,11 +238,7 @@ def sync_fn() -> Any:
 @pytest.fixture
 def invoke_stub(aws: AWS) -> Iterator[Stubber]:
     """The long-read-timeout client the façade keeps for synchronous invocations."""
-    client = boto3.client("lambda", region_name="us-east-1")
-    aws._clients["lambda-invoke"] = client
-    with Stubber(client) as stub:
-        yield stub
-        stub.assert_no_pending_responses()
+    yield from stubbed_lambda(aws, "lambda-invoke")
 
 
 def invoked(payload: dict[str, Any], function_error: str | None = None) -> dict[str, Any]:
