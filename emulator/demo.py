@@ -6,6 +6,11 @@ start the emulated function (real `awslambdaric`, real handler), and send photos
 Function URL. It prints the top-5 breeds per photo and where the time went.
 
 `--prepare-only` stops after the sync: `make serve` uses it, then serves the same root.
+
+The store and the model root outlive a `git pull`. A demo version left there by an older
+breedserve (a variant in a format this one refuses, or a variant it now makes that is missing)
+would quietly serve only fp32, so `prepare_model` republishes it in place: the workdir is this
+tool's scratch state, unlike any store a user names, where versions stay immutable.
 """
 
 from __future__ import annotations
@@ -23,10 +28,17 @@ from pathlib import Path
 from emulator.config import REPO_ROOT, EmulatorConfig
 from emulator.exceptions import EmulatorError
 from emulator.service import Emulator
+from model_store.exceptions import ManifestError, ModelStoreError
+from model_store.loader import versions_dir
+from model_store.manifest import MANIFEST_FILE, VARIANT_FORMATS, outdated_variants
+from model_store.store import Store, list_versions, manifest_key, open_store, read_manifest
+from model_store.sync import sync
 
 DEFAULT_WORKDIR = REPO_ROOT / ".breedserve"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                  ".gif": "image/gif", ".bmp": "image/bmp"}
+DEMO_VARIANTS = tuple(VARIANT_FORMATS)
+"""What `publish_demo` makes: fp32 always, int8 and fp32-graph unless their publish-time gate refuses them."""
 
 
 @dataclass(frozen=True)
@@ -45,17 +57,59 @@ class DemoPaths:
 
 
 def prepare_model(paths: DemoPaths, name: str, version: str, alias: str) -> None:
-    """Publish the demo model once, then sync it (a no-op when the version is already there)."""
-    from model_store.demo import publish_demo
-    from model_store.store import list_versions, open_store
-    from model_store.sync import sync
+    """Publish the demo model once (again if outdated), then sync it (a no-op when the copy is current)."""
+    try:
+        store = open_store(paths.store_uri)
+        if version in list_versions(store, name):
+            _retire_outdated(store, name, version)
+        if version not in list_versions(store, name):
+            from model_store.demo import publish_demo  # imports torch: only when publishing
 
-    if version not in list_versions(open_store(paths.store_uri), name):
-        _say(f"publishing demo model {name}/{version} to {paths.store_uri}")
-        publish_demo(paths.store_uri, name, version, alias=alias)
-    paths.model_root.mkdir(parents=True, exist_ok=True)
-    _say(f"syncing {name}@{alias} into {paths.model_root} (the EFS stand-in)")
-    sync(paths.store_uri, name, paths.model_root, alias=alias, progress=False)
+            _say(f"publishing demo model {name}/{version} to {paths.store_uri}")
+            publish_demo(paths.store_uri, name, version, alias=alias)
+        paths.model_root.mkdir(parents=True, exist_ok=True)
+        _forget_other_copy(store, paths.model_root, name, version)
+        _say(f"syncing {name}@{alias} into {paths.model_root} (the EFS stand-in)")
+        sync(paths.store_uri, name, paths.model_root, alias=alias, progress=False)
+    except ModelStoreError as exc:
+        raise EmulatorError(f"cannot prepare the demo model in {paths.workdir}: {exc} "
+                            f"(`make clean` removes the demo's store and model root)") from exc
+
+
+def _retire_outdated(store: Store, name: str, version: str) -> None:
+    """Delete the demo store's `version` when the current `publish_demo` would make it differently.
+
+    Versions are immutable and the store has no version delete, for good reason; this is the
+    demo's own file store under its workdir, so the version's keys are deleted one by one with
+    the store's `delete`, the manifest first: without it the version no longer exists.
+    """
+    try:
+        reasons = "; ".join(outdated_variants(read_manifest(store, name, version)[0],
+                                              expected=DEMO_VARIANTS).values())
+    except ManifestError as exc:
+        reasons = f"this breedserve cannot read its manifest: {exc}"
+    if not reasons:
+        return
+    _say(f"{name}/{version} in the demo store is outdated ({reasons}): republishing it")
+    store.delete(manifest_key(name, version))
+    for key in store.list_keys(f"{name}/{version}/"):
+        store.delete(key)
+
+
+def _forget_other_copy(store: Store, root: Path, name: str, version: str) -> None:
+    """Make sync fetch `version` again when the model root holds another publish of it.
+
+    sync keeps a local version whose files match its own manifest and never compares that
+    manifest with the store's: published versions are immutable. The demo store republishes
+    in place, so the copies are compared here. Removing the local manifest makes the directory
+    no version at all (the model root's rule), and sync replaces it as it replaces a damaged one.
+    """
+    local = versions_dir(root, name) / version / MANIFEST_FILE
+    if not local.is_file() or local.read_bytes() == read_manifest(store, name, version)[1]:
+        return
+    _say(f"the copy of {name}/{version} in {root} is not the one in the demo store: "
+         "removing its manifest, so that sync replaces it")
+    local.unlink()
 
 
 def sample_image() -> tuple[bytes, str]:

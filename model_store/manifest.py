@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -303,3 +304,26 @@ def read_class_file(path: Path) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ManifestError(f"class file {path} lists a class twice")
     return names
+
+
+def outdated_variants(manifest: Manifest, *, expected: Iterable[str] = ()) -> dict[str, str]:
+    """variant -> why this breedserve would not publish it so: its format, or its absence.
+
+    The loader refuses a format other than `VARIANT_FORMATS` and falls back to the next variant,
+    so a stale one is measured and served as something else without an error. A variant in
+    `expected` that is absent counts too, unless the manifest records that its gate refused it
+    (`metrics["refused_variants"]`): that is a current publish's verdict (fp32-graph is kept only
+    where it runs faster), and publishing again would only refuse it again.
+    """
+    refused = manifest.metrics.get("refused_variants") or {}
+    reasons = {}
+    for variant, entry in manifest.weights.items():
+        wanted = VARIANT_FORMATS.get(variant)
+        if wanted is None:
+            reasons[variant] = f"{variant} is not a variant this breedserve serves"
+        elif entry.format != wanted:
+            reasons[variant] = f"{variant} is {entry.format}, this breedserve serves {wanted}"
+    for variant in expected:
+        if variant not in manifest.weights and variant not in refused:
+            reasons[variant] = f"{variant} is missing"
+    return reasons
