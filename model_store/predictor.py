@@ -83,6 +83,11 @@ class OnnxPredictor:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not to our logs
+        # The pool's threads spin between operators (that keeps a run fast) but stop as soon as a
+        # run returns: a spinning thread holds a vCPU that the next request's decoding, or a
+        # batch's second decode worker, needs (8 x 1 MP batch through the emulator: 1.41-1.55x
+        # faster per image than single requests with this, 1.11-1.24x without).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session: Any = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -64,6 +64,14 @@ def manifest_with(*names: str, formats: dict[str, str] | None = None) -> Manifes
                     preprocess=Preprocessing(size=(SIZE, SIZE)), weights=weights, trained=True)
 
 
+def test_onnx_threads_stop_spinning_when_a_run_returns(fp32_onnx: bytes) -> None:
+    # GIVEN a 2-thread session  THEN its pool stops spinning after each run (a spinning thread would
+    # hold the vCPU that the next request's decoding, or a batch's second decode worker, needs)
+    options = OnnxPredictor(fp32_onnx, 2).session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 2
+
+
 def test_agreement_counts_top1_matches_and_topk_overlap() -> None:
     # GIVEN fp32 logits and a candidate that swaps the top two classes of the second image
     reference = np.array([[5.0, 4, 3, 2, 1, 0], [0.0, 1, 2, 3, 4, 5]])
