@@ -301,8 +301,8 @@ def test_sync_through_persistent_5xx_fails_with_one_line_and_leaves_nothing(
     # THEN exit 1 with one line naming the object, the error and the attempts; no version, no leftovers
     assert status == 1 and proxy.injected == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: s3://models/dogs/v1/model.safetensors: "
-        "SlowDown (Please reduce your request rate.) after 2 attempts"
+        ("error: s3://models/dogs/v1/model.safetensors: "
+         "SlowDown (Please reduce your request rate.) after 2 attempts")
     ]
     assert local_versions(root, "dogs") == []
     assert list((root / "dogs" / ".incoming").iterdir()) == []

@@ -223,7 +223,7 @@ class VersionsWatcher(threading.Thread):
         while not self.stop.is_set():
             try:
                 assert_no_partial_versions(self.root)
-            except Exception as exc:  # any failure to read a listed version is what we are hunting
+            except Exception as exc:  # noqa: BLE001 - any failure to read a listed version is what we hunt
                 self.partial.append(repr(exc))
             self.polls += 1
 
@@ -370,7 +370,7 @@ def test_alias_swap_is_atomic_for_readers(file_store_uri: str, tmp_path: Path) -
     while not done.is_set():
         try:
             seen.add(Manifest.read(link / "manifest.json").version)
-        except Exception as exc:  # a missing link or manifest would land here
+        except Exception as exc:  # noqa: BLE001 - a missing link or manifest, whatever it raises
             missing.append(repr(exc))
     writer.join()
     # THEN the reader always found a complete version, and saw both
