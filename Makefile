@@ -12,7 +12,7 @@ MODEL_VERSION ?= demo-1
 PORT ?= 9000
 IMAGES ?=
 
-.PHONY: install demo serve test image image-setup image-test bench clean
+.PHONY: install demo serve lint test image image-setup image-test bench clean
 
 install: $(STAMP)
 
@@ -46,8 +46,13 @@ bench: install
 	$(PY) -m benchmarks latency --out benchmarks/reports --model-root $(MODEL_ROOT) --model-name $(MODEL_NAME) --model-version $(MODEL_VERSION)
 	$(PY) -m benchmarks cost --scenario benchmarks/scenarios/measured.toml --latency benchmarks/reports/latency.json --out benchmarks/reports
 
+# Lint and type checks (STYLE.md: mypy in CI); `make test` runs them first.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy handler model_store benchmarks emulator infra training
+
 # Every test, the container image included (image-setup first, so the image tests cannot skip).
-test: install image-setup
+test: install image-setup lint
 	CI=$${CI:-true} $(PY) -m pytest -q
 
 clean:
