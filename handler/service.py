@@ -38,7 +38,6 @@ from handler.exceptions import (
 from handler.holder import ModelHolder
 from handler.observability import RequestRecord, Telemetry
 from handler.s3 import S3ImageFetcher
-from model_store.predictor import available_cpus
 
 ROUTES: dict[str, tuple[str, ...]] = {
     "/predict": ("POST",),
@@ -95,8 +94,7 @@ class Service:
             settings, problem = Settings(), str(exc)
         telemetry = telemetry or Telemetry(class_dimension=settings.metrics_class_dimension)
         configure_pillow(settings.max_image_pixels)
-        threads = settings.threads or available_cpus()
-        holder = ModelHolder(settings, telemetry, config_error=problem, threads=threads)
+        holder = ModelHolder(settings, telemetry, config_error=problem, threads=settings.threads)
         holder.start()
         return cls(settings, holder, telemetry)
 
