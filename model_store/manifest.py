@@ -132,6 +132,17 @@ class Preprocessing:
             return (self.size[0], self.size[1])
         raise ManifestError("a 'shorter_side' resize needs a crop to give a fixed input size")
 
+    @property
+    def fixed_size(self) -> bool:
+        """Whether every image reaches the model at one size (an exact resize, or a crop)."""
+        return self.crop is not None or self.resize_mode == "exact"
+
+    @property
+    def probe_size(self) -> tuple[int, int]:
+        """(height, width) to run the network at without an image: the input size when it is fixed,
+        else a square of the shorter side (a shorter-side resize without a crop takes any aspect)."""
+        return self.output_size if self.fixed_size else (self.size[0], self.size[0])
+
     @classmethod
     def preset(cls, name: str) -> Preprocessing:
         """`resize224`: what the original SageMaker training used; `imagenet`: torchvision's standard."""

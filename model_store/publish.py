@@ -200,7 +200,7 @@ def verify_weights(state_dict: Mapping[str, torch.Tensor], arch: Architecture, c
     model = build_model(arch, len(class_names), device="meta")
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     model.eval()
-    height, width = _probe_size(spec)
+    height, width = spec.probe_size
     probe = torch.rand((1, 3, height, width), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         logits = model(probe)
@@ -264,12 +264,6 @@ def _head_outputs(state_dict: Mapping[str, torch.Tensor], arch: Architecture) ->
     key = "fc.weight" if arch.head.type == "linear" else f"fc.{3 if arch.head.dropout else 2}.weight"
     weight = state_dict.get(key)
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
-
-
-def _probe_size(spec: Preprocessing) -> tuple[int, int]:
-    if spec.crop is not None or spec.resize_mode == "exact":
-        return spec.output_size
-    return (spec.size[0], spec.size[0])  # shorter-side resize without crop: any aspect works
 
 
 def _as_fp32(tensor: torch.Tensor) -> torch.Tensor:

@@ -299,7 +299,7 @@ def _export(fp32: TorchPredictor, example: np.ndarray, spec: Preprocessing, say:
     """The fp32 network as ONNX bytes for the preprocessing's input size; VariantError if it has none."""
     from model_store.onnx_export import export_onnx
 
-    if spec.crop is None and spec.resize_mode != "exact":
+    if not spec.fixed_size:
         raise VariantError("an ONNX variant needs a fixed input size (an exact resize, or a crop); "
                            f"this preprocessing gives images of varying size: {spec}")
     height, width = example.shape[2:]
@@ -317,9 +317,8 @@ def _fp32_model(state_dict: Mapping[str, Tensor], arch: Architecture, num_classe
 
 
 def _example(spec: Preprocessing) -> np.ndarray:
-    """One input `[1, 3, H, W]` at the model's input size (for a shorter-side resize: a square one)."""
-    size = spec.output_size if spec.crop is not None or spec.resize_mode == "exact" else (spec.size[0],) * 2
-    return _probe(1, size)
+    """One input `[1, 3, H, W]` at `spec.probe_size`."""
+    return _probe(1, spec.probe_size)
 
 
 def _probe(count: int, size: Sequence[int]) -> np.ndarray:
