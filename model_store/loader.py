@@ -51,7 +51,7 @@ from model_store.manifest import MANIFEST_FILE, VARIANT_FORMATS, Manifest, Weigh
 if TYPE_CHECKING:
     from torch import nn
 
-    from model_store.predictor import Predictor  # numpy: not before the prefetch starts
+    from model_store.predictor import OnnxPredictor, Predictor  # numpy: not before the prefetch starts
 
 VERSIONS_DIR = "versions"
 log = logging.getLogger(__name__)
@@ -261,12 +261,12 @@ def _load_onnx(manifest: Manifest, directory: Path, threads: int | None, variant
     from model_store.predictor import OnnxPredictor
 
     _check_format(manifest, variant)
-    if importlib.util.find_spec("onnxruntime") is None:
+    if not runnable(manifest, variant):
         raise VariantError(f"the {variant} variant runs on ONNX Runtime, which is not installed here: "
                            "install onnxruntime or serve MODEL_VARIANT=fp32")
     entry = manifest.weights[variant]
     path = directory / entry.file
-    data = read_verified_bytes(path, entry)
+    data = read_verified_bytes(directory, entry)
     try:
         predictor = OnnxPredictor(data, threads)
     except Exception as exc:
@@ -276,14 +276,11 @@ def _load_onnx(manifest: Manifest, directory: Path, threads: int | None, variant
     return predictor
 
 
-def _check_signature(predictor: Predictor, manifest: Manifest, path: Path) -> None:
+def _check_signature(predictor: OnnxPredictor, manifest: Manifest, path: Path) -> None:
     """The graph must take `input` [N, 3, H, W] and give `logits` [N, classes] for this manifest."""
     from model_store.predictor import ONNX_INPUT, ONNX_OUTPUT
 
-    session = getattr(predictor, "session", None)
-    if session is None:
-        return
-    inputs, outputs = session.get_inputs(), session.get_outputs()
+    inputs, outputs = predictor.session.get_inputs(), predictor.session.get_outputs()
     classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if ([i.name for i in inputs] != [ONNX_INPUT] or [o.name for o in outputs] != [ONNX_OUTPUT]
             or len(inputs[0].shape) != 4 or classes != manifest.num_classes):
@@ -292,16 +289,16 @@ def _check_signature(predictor: Predictor, manifest: Manifest, path: Path) -> No
                                 f"{ONNX_INPUT!r} and output {ONNX_OUTPUT!r}: it has {found}")
 
 
-def read_verified_bytes(path: Path, expected: WeightsFile) -> bytes:
-    """The file's bytes, read once, after their size and sha256 matched the manifest; ChecksumError if not."""
-    try:
-        size = path.stat().st_size  # a replaced file of another size is refused before it is read
-        data = path.read_bytes() if size == expected.size else b""
-    except FileNotFoundError:
-        raise ChecksumError(f"{path} is missing ({expected.size} bytes expected)") from None
-    if size != expected.size or len(data) != expected.size:
-        found = size if size != expected.size else len(data)
-        raise ChecksumError(f"{path} is {found} bytes but the manifest records {expected.size} "
+def read_verified_bytes(directory: Path, expected: WeightsFile) -> bytes:
+    """The file's bytes, read once, after their size and sha256 matched the manifest; ChecksumError if not.
+
+    The size is checked before the read (`verify_weights_file`: a replaced file of another size is
+    never read), and again on the bytes read, in case the file changed in between.
+    """
+    path = verify_weights_file(directory, expected, checksum=False)
+    data = path.read_bytes()
+    if len(data) != expected.size:
+        raise ChecksumError(f"{path} is {len(data)} bytes but the manifest records {expected.size} "
                             "(truncated or replaced); nothing from it was loaded")
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected.sha256:

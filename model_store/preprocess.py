@@ -4,7 +4,7 @@ The manifest's `Preprocessing` is the contract; this module reproduces torchvisi
 step by step (`Resize` calls `PIL.Image.resize` with the same filter, `CenterCrop` rounds and
 pads the same way, `ToTensor` divides by 255, `Normalize` subtracts then divides), so serving
 gives the logits training saw, to the bit. Only numpy and Pillow are imported: a process serving
-an ONNX variant never imports torch; `to_tensor` imports it when training or calibration asks.
+an ONNX variant never imports torch; `to_tensor` imports it when training asks.
 
 It is also the fast path: one resize, a crop that is a view of the resized pixels (not a copy),
 and one conversion to float that also reorders HWC to CHW. The conversion runs in numpy, on one
@@ -86,7 +86,7 @@ def to_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
 
 
 def to_tensor(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
-    """`to_array` as a torch tensor (sharing its memory), for training and int8 calibration."""
+    """`to_array` as a torch tensor (sharing its memory), for training."""
     import torch  # here, not at module level: serving an ONNX variant must not pay for it
 
     return torch.from_numpy(to_array(image, spec))
