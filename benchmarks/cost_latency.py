@@ -23,6 +23,11 @@ DEFAULT_VARIANT = "fp32"
 """What a latency.json without `served_variant` (written before the ONNX variants) stands for."""
 
 
+def variant_label(variant: str, engine: str | None) -> str:
+    """`int8 (onnxruntime)`: a weights variant and the engine that runs it; the bare variant when unknown."""
+    return f"{variant} ({engine})" if engine else variant
+
+
 @dataclass(frozen=True)
 class LatencyResult:
     """Warm latency of one configuration; `p50_ms` etc. are end to end for that `path`."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from benchmarks.cost_breakeven import BreakEven, impossible, solve_break_even
 from benchmarks.cost_format import format_mb, format_requests, format_usd
-from benchmarks.cost_latency import LatencyReport, select_warm_result
+from benchmarks.cost_latency import LatencyReport, select_warm_result, variant_label
 from benchmarks.cost_model import (
     OptionCost,
     billed_seconds,
@@ -262,8 +262,7 @@ def _items_rows(result: CostEstimate) -> list[list[str]]:
 def _inputs_rows(result: CostEstimate) -> list[list[str]]:
     s, work, config = result.scenario, result.scenario.workload, result.scenario.lambda_config
     src = s.sources
-    priced = "not measured (no latency file)" if s.variant is None else \
-        s.variant + (f" ({s.engine})" if s.engine else "")
+    priced = "not measured (no latency file)" if s.variant is None else variant_label(s.variant, s.engine)
     return [
         ["weights variant priced", priced, src.get("variant", "scenario")],
         ["requests per month", f"{work.requests_per_month:,.0f}", "scenario"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from benchmarks.cost_latency import LatencyReport, LatencyResult
+from benchmarks.cost_latency import LatencyReport, LatencyResult, variant_label
 from benchmarks.latency_targets import targets_table
 
 PATH_TITLES = {
@@ -57,9 +57,8 @@ def render_markdown(report: LatencyReport) -> str:
 
 
 def _label(report: LatencyReport, variant: str) -> str:
-    """`int8 (onnxruntime)`: a variant and its engine, where latency.json says."""
-    engine = report.engines.get(variant)
-    return f"{variant} ({engine})" if engine else variant
+    """A variant and its engine, where latency.json says."""
+    return variant_label(variant, report.engines.get(variant))
 
 
 def _skipped(skipped: Mapping[str, str]) -> str:
@@ -108,7 +107,7 @@ def _cold_start(report: LatencyReport) -> list[str]:
         lines += ["Every emulator start:", ""]
         lines += _table(("memory", "threads", "MODEL_VARIANT", "variant served", "init ms", "first response ms"),
                         ((f"{c['memory_mb']:,} MB", str(c["threads"]), c.get("requested", ""),
-                          f"{c['variant']} ({c['engine']})" if c.get("engine") else c["variant"],
+                          variant_label(c["variant"], c.get("engine")),
                           _ms(c["init_ms"]), _ms(c["first_response_ms"])) for c in emulator),
                         "---|---:|---|---|---:|---:|")
         lines.append("")
@@ -127,8 +126,7 @@ def _warm_table(rows: Sequence[LatencyResult], path: str, engines: Mapping[str, 
         header.append("outside handler p50")
     body = []
     for r in rows:
-        variant = f"{r.variant} ({engines[r.variant]})" if r.variant in engines else r.variant
-        row = [f"{r.memory_mb:,} MB", str(r.threads), variant, r.image, str(r.samples or ""), _ms(r.p50_ms),
+        row = [f"{r.memory_mb:,} MB", str(r.threads), variant_label(r.variant, engines.get(r.variant)), r.image, str(r.samples or ""), _ms(r.p50_ms),
                _ms(r.p90_ms), _ms(r.p99_ms), _step(r, "decode"), _step(r, "preprocess"), _step(r, "inference")]
         if path == "emulator":
             row.append(_step(r, "outside_handler"))

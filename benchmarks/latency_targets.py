@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.cost_latency import variant_label
 from benchmarks.latency_roofline import Roofline
 
 TARGET_MEMORY_MB = 3008  # 2 vCPUs: issue 8's "2 threads"
@@ -80,8 +81,7 @@ class TargetFigures:
         """`int8 (onnxruntime)`: a variant and the engine that ran it, for the detail column."""
         if variant is None:
             return "variant unknown"
-        engine = self.engines.get(variant)
-        return f"{variant} ({engine})" if engine else variant
+        return variant_label(variant, self.engines.get(variant))
 
 
 def evaluate(f: TargetFigures) -> tuple[Target, ...]:
