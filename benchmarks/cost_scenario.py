@@ -239,13 +239,12 @@ def _resolve_init(check: _Checker, work: Mapping[str, Any], latency: LatencyRepo
         try:
             cold = select_cold_start(latency, choice.variant)
         except BenchmarkError as exc:
-            if cold_fraction == 0:
-                sources["init_ms"] = "not needed (cold_start_fraction = 0)"
-                return 0.0
-            raise ScenarioError(f"{check.where}: workload.init_ms omitted and {exc}") from exc
-        where = "cold_start" if cold is latency.cold_start else f"variant_cold_starts.{choice.variant}"
-        sources["init_ms"] = f"latency.json {where}.init_ms" + (f", variant {cold.variant}" if cold.variant else "")
-        return cold.init_ms
+            if cold_fraction > 0:
+                raise ScenarioError(f"{check.where}: workload.init_ms omitted and {exc}") from exc
+        else:
+            where = "cold_start" if cold is latency.cold_start else f"variant_cold_starts.{choice.variant}"
+            sources["init_ms"] = f"latency.json {where}.init_ms" + (f", variant {cold.variant}" if cold.variant else "")
+            return cold.init_ms
     if cold_fraction == 0:
         sources["init_ms"] = "not needed (cold_start_fraction = 0)"
         return 0.0
