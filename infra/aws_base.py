@@ -75,10 +75,13 @@ class AWSBase:
         self._clients: dict[str, Any] = {}
         self._account: str | None = None
 
-    def client(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = self.session.client(service, region_name=self.region, config=CLIENT_CONFIG)
-        return self._clients[service]
+    def client(self, service: str, *, slot: str | None = None, config: BotoConfig = CLIENT_CONFIG) -> Any:
+        """One client per `slot` (default: the service), made on first use; `config` for a client
+        that must behave differently (the model-sync invoke's long read timeout)."""
+        key = slot or service
+        if key not in self._clients:
+            self._clients[key] = self.session.client(service, region_name=self.region, config=config)
+        return self._clients[key]
 
     def account_id(self) -> str:
         """The caller's account (needed for ARNs and the default bucket name)."""

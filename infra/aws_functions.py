@@ -378,10 +378,7 @@ class FunctionsMixin(AWSBase):
         return report
 
     def _invoke_client(self) -> Any:
-        if "lambda-invoke" not in self._clients:
-            self._clients["lambda-invoke"] = self.session.client("lambda", region_name=self.region,
-                                                                 config=INVOKE_CLIENT_CONFIG)
-        return self._clients["lambda-invoke"]
+        return self.client("lambda", slot="lambda-invoke", config=INVOKE_CLIENT_CONFIG)
 
     def delete_function(self, name: str) -> None:
         """Deletes its versions, aliases, URL and concurrency settings with it."""
