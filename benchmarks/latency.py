@@ -6,10 +6,11 @@ The run, in order (one progress line per group on stderr):
 2. synthetic photos of about 0.3, 1 and 4 megapixels (`latency_images`);
 3. cold starts in fresh processes (engine import, handler import, init, first prediction; peak
    RSS; whether torch got imported);
-4. the roofline: fp32 torch matmul peak per thread count and the model's FLOPs (torch, here in
-   the parent process only);
+4. the matmul peak: fp32 torch matmul per thread count (torch, here in the parent process only);
 5. warm requests straight to the `Classifier`, per Lambda size (thread count), variant and photo,
-   each through the same `Predictor` the handler uses (ONNX Runtime or torch, `threads=` at load);
+   each through the same `Predictor` the handler uses (ONNX Runtime or torch, `threads=` at load),
+   spread over interleaved rounds with the matmul peak measured again after each (the roofline:
+   the best peak and the model's FLOPs);
 6. the same through the emulator's Function URL, each runtime start doubling as a cold start, and
    the function as deployed (no MODEL_VARIANT, the handler picks) for the headline cold start,
    plus a batch of direct invocations on that served variant;
@@ -48,6 +49,7 @@ from benchmarks.latency_measure import (
     classifier_request,
     cold_start_child,
     direct_batch,
+    interleaved_series,
     median_parts,
     warm_series,
 )
@@ -79,15 +81,16 @@ class RunSettings:
     batch_size: int
     batch_repeats: int
     emulator_all_sizes: bool  # quick: the emulator runs only at the largest measured size
+    rounds: int  # the Classifier-path samples of each configuration are spread over this many rounds
 
     @classmethod
     def choose(cls, quick: bool, samples: int | None = None) -> RunSettings:
         if quick:
             base = cls(quick=True, samples=5, warmup=1, cold_repeats=1, matmul_repeats=3, batch_size=8,
-                       batch_repeats=2, emulator_all_sizes=False)
+                       batch_repeats=2, emulator_all_sizes=False, rounds=1)
         else:
             base = cls(quick=False, samples=30, warmup=3, cold_repeats=3, matmul_repeats=5, batch_size=8,
-                       batch_repeats=5, emulator_all_sizes=True)
+                       batch_repeats=5, emulator_all_sizes=True, rounds=3)
         if samples is None:
             return base
         if samples < 1:
@@ -195,14 +198,14 @@ class LatencyRun:
         """Every group in the module docstring's order; returns the report without writing it."""
         self.cold_starts_in_fresh_processes()
         gflops = self.matmul_peaks()
+        self.classifier_runs(gflops)
         model = self.model
         self.roofline = Roofline.from_measured(network_flops(model.manifest.arch, model.manifest.num_classes,
                                                              model.manifest.preprocess.output_size), gflops)
         self.progress(f"{model.manifest.arch.label}: {self.roofline.flops / 1e9:,.2f} GFLOP per image; "
-                      "roofline " + ", ".join(f"{self.roofline.time_ms(t):,.1f} ms at {t} thread(s)"
+                      "roofline " + ", ".join(f"{self.roofline.time_ms(t):,.1f} ms at {t} thread(s) "
+                                              f"({gflops[t]:,.1f} GFLOP/s, best of every round)"
                                               for t in sorted(gflops)))
-        for variant in self.variants:
-            self.classifier_runs(variant)
         runnable = [v for v in self.variants if v not in self.skipped]
         if not runnable:
             raise LatencyBenchmarkError("no variant of the model can run here: "
@@ -242,33 +245,52 @@ class LatencyRun:
             self.progress(f"matmul peak at {step.threads} thread(s): {gflops[step.threads]:,.1f} GFLOP/s")
         return gflops
 
-    def classifier_runs(self, variant: str) -> None:
-        """Warm requests to one variant's `Classifier` at every measured size.
+    def classifier_runs(self, gflops: dict[int, float]) -> None:
+        """Warm requests to every variant's `Classifier`, at every measured size, in interleaved rounds.
 
         A thread count is fixed when the predictor is made (an ONNX Runtime session's pool; torch's
-        process-wide one), so each size loads the variant afresh with `threads=`, as a runtime of
-        that size would.
+        process-wide one), so each size loads the variants afresh with `threads=`, as a runtime of
+        that size would. Within a size, every (variant, photo) gets its share of the samples in each
+        round (`interleaved_series`), and the matmul peak is measured again after each round: the
+        roofline is the best of all of them, so a quiet moment raises the bar rather than lowering it.
         """
-        model, settings = self.model, self.settings
+        settings = self.settings
+        repeats = max(1, settings.matmul_repeats // max(1, settings.rounds))
         for step in self.steps:
-            try:
-                classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant,
-                                                  threads=step.threads)
-            except ModelStoreError as exc:
-                self.skipped[variant] = str(exc)
-                self.progress(f"skipping variant {variant}: {exc}")
-                return
-            predictor = classifier.predictor
-            self.engines[variant] = predictor.engine
-            if predictor.threads != step.threads:
-                raise LatencyBenchmarkError(f"the {variant} predictor runs {predictor.threads} thread(s), "
-                                            f"not the {step.threads} asked for")
-            classifier.warm_up()
-            for photo in self.photos:
-                series = warm_series(classifier_request(classifier), photo.jpeg, settings.samples, settings.warmup)
-                self._add(_result(step, variant, photo, "classifier", series))
-            del classifier, predictor
-            gc.collect()  # one model in memory at a time, and none while the emulator runs its own
+            loaded = {variant: classifier for variant in self.variants
+                      if (classifier := self._classifier(variant, step)) is not None}
+
+            def remeasure_peak(threads: int = step.threads) -> None:
+                gflops[threads] = max(gflops[threads], matmul_gflops(threads, repeats=repeats))
+
+            configurations = {(variant, photo): (classifier_request(classifier), photo.jpeg)
+                              for variant, classifier in loaded.items() for photo in self.photos}
+            series = interleaved_series(configurations, settings.samples, settings.warmup, settings.rounds,
+                                        between_rounds=remeasure_peak)
+            for (variant, photo), warm in series.items():
+                self._add(_result(step, variant, photo, "classifier", warm))
+            del loaded, configurations
+            gc.collect()  # one size's models in memory at a time, and none while the emulator runs its own
+
+    def _classifier(self, variant: str, step: SizeStep) -> Classifier | None:
+        """`variant` loaded for `step`'s thread count and warmed up, or None (recorded) if it cannot run here."""
+        if variant in self.skipped:
+            return None
+        model = self.model
+        try:
+            classifier = Classifier.from_root(model.root, model.name, version=model.version, variant=variant,
+                                              threads=step.threads)
+        except ModelStoreError as exc:
+            self.skipped[variant] = str(exc)
+            self.progress(f"skipping variant {variant}: {exc}")
+            return None
+        predictor = classifier.predictor
+        self.engines[variant] = predictor.engine
+        if predictor.threads != step.threads:
+            raise LatencyBenchmarkError(f"the {variant} predictor runs {predictor.threads} thread(s), "
+                                        f"not the {step.threads} asked for")
+        classifier.warm_up()
+        return classifier
 
     def emulator_runs(self, variant: str | None, step: SizeStep, *, warm: bool = True) -> None:
         """A cold start, then (if `warm`) warm requests, through one emulated function of `step`'s size.

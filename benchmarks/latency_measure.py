@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.exceptions import LatencyBenchmarkError
 from benchmarks.latency_model import ModelRef
@@ -25,6 +25,7 @@ from handler.classifier import Classifier
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COLD_CHILD_TIMEOUT_S = 300.0
 HANDLER_STEPS = ("decode", "preprocess", "inference")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,45 @@ def step_sample(timing: Mapping[str, Any], end_to_end_ms: float) -> dict[str, fl
     return sample
 
 
-def warm_series(request: Callable[[bytes], tuple[float, Mapping[str, Any]]], photo: bytes,
-                samples: int, warmup: int) -> WarmSeries:
-    """Send `warmup` + `samples` requests through `request` (returns ms and `timing_ms`); keep the last."""
-    for _ in range(warmup):
-        request(photo)
-    totals, steps = [], []
-    for _ in range(samples):
-        elapsed_ms, timing = request(photo)
-        totals.append(elapsed_ms)
-        steps.append(step_sample(timing, elapsed_ms))
-    return WarmSeries(tuple(totals), tuple(steps))
+Request = Callable[[bytes], tuple[float, Mapping[str, Any]]]
+"""One request: photo bytes in, (ms as the caller saw it, the handler's `timing_ms`) out."""
 
 
-def classifier_request(classifier: Classifier) -> Callable[[bytes], tuple[float, Mapping[str, Any]]]:
+def warm_series(request: Request, photo: bytes, samples: int, warmup: int) -> WarmSeries:
+    """Send `warmup` + `samples` requests through `request`; keep the last `samples`."""
+    return interleaved_series({None: (request, photo)}, samples, warmup, rounds=1)[None]
+
+
+def interleaved_series(configurations: Mapping[K, tuple[Request, bytes]], samples: int, warmup: int,
+                       rounds: int, between_rounds: Callable[[], None] | None = None) -> dict[K, WarmSeries]:
+    """`samples` recorded requests per configuration, spread over `rounds` that visit each in turn.
+
+    On a shared host, load comes in bursts of a second or more. Taken one after the other, a
+    configuration whose 30 requests fall in a burst has its whole p50 inflated, and the verdict
+    depends on when it ran; spread over rounds, a burst lands on a share of every configuration's
+    samples, which the p50 looks past unless the host is busy for most of the run. Each
+    configuration gets `warmup` discarded requests before its first round and one before each
+    later round (the switch from another model leaves its thread pool idle and its caches cold,
+    which a function serving one model never sees). `between_rounds` runs after each round.
+    """
+    rounds = max(1, min(rounds, samples))
+    shares = [samples // rounds + (1 if i < samples % rounds else 0) for i in range(rounds)]
+    totals: dict[K, list[float]] = {key: [] for key in configurations}
+    steps: dict[K, list[dict[str, float]]] = {key: [] for key in configurations}
+    for index, share in enumerate(shares):
+        for key, (request, photo) in configurations.items():
+            for _ in range(warmup if index == 0 else 1):
+                request(photo)
+            for _ in range(share):
+                elapsed_ms, timing = request(photo)
+                totals[key].append(elapsed_ms)
+                steps[key].append(step_sample(timing, elapsed_ms))
+        if between_rounds is not None:
+            between_rounds()
+    return {key: WarmSeries(tuple(totals[key]), tuple(steps[key])) for key in configurations}
+
+
+def classifier_request(classifier: Classifier) -> Request:
     """A request straight to `Classifier.classify`, timed around the call."""
     def request(photo: bytes) -> tuple[float, Mapping[str, Any]]:
         start = time.perf_counter()

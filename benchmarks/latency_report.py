@@ -29,8 +29,11 @@ def render_markdown(report: LatencyReport) -> str:
     title = (f"# Latency: {model.get('arch', 'model')} ({model.get('num_classes', '?')} classes) on "
              f"{machine.get('cpu_model', 'unknown CPU')}")
     load = " / ".join(str(x) for x in machine.get("load_average_at_start", [])) or "unknown"
+    rounds = run.get("rounds", 1)
+    spread = (f" (on the Classifier path spread over {rounds} interleaved rounds, each after one more discarded)"
+              if rounds > 1 else "")
     summary = (f"{run.get('mode', '?')} run, {run.get('samples', '?')} recorded requests per configuration after "
-               f"{run.get('warmup', '?')} discarded, {machine.get('cores', '?')} cores, ONNX Runtime "
+               f"{run.get('warmup', '?')} discarded{spread}, {machine.get('cores', '?')} cores, ONNX Runtime "
                f"{machine.get('onnxruntime_version', '?')}, torch {machine.get('torch_version', '?')}, load "
                f"average at start {load}; took "
                f"{run.get('duration_s', '?')} s. Model {model.get('name')}/{model.get('version')}"

@@ -130,7 +130,7 @@ class Roofline:
     def to_dict(self) -> dict[str, object]:
         return {
             "model_gflop": round(self.flops / 1e9, 3),
-            "matmul": f"fp32 torch.matmul {self.matmul_size}x{self.matmul_size}, best of several runs",
+            "matmul": f"fp32 torch.matmul {self.matmul_size}x{self.matmul_size}, best of several runs before and between the rounds of warm requests",
             "peak_gflops_by_threads": {str(t): round(g, 1) for t, g in sorted(self.gflops_by_threads.items())},
             "measured_gflops_by_threads": {str(t): round(g, 1) for t, g in
                                            sorted((self.measured_gflops_by_threads or self.gflops_by_threads).items())},

@@ -14,6 +14,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from torch import nn
 from benchmarks.cost_latency import LatencyReport, LatencyResult, load_latency, select_warm_result
 from benchmarks.exceptions import LatencyBenchmarkError
 from benchmarks.latency_images import PHOTO_SIZES, photo_set, synthetic_pixels
-from benchmarks.latency_measure import direct_batch
+from benchmarks.latency_measure import direct_batch, interleaved_series
 from benchmarks.latency_roofline import Roofline, count_flops
 from benchmarks.latency_sizing import recommend_memory, size_plan
 from benchmarks.latency_stats import percentile
@@ -191,6 +192,29 @@ def test_batch_speedup_is_single_p50_over_batch_p50_per_image() -> None:
 
     with pytest.raises(LatencyBenchmarkError, match="did not answer 8 prediction"):
         direct_batch(short, b"jpeg", batch_size=8, repeats=1)
+
+
+def test_interleaved_rounds_spread_each_configurations_samples_over_the_run() -> None:
+    # GIVEN two configurations whose requests log their order, and a hook between rounds
+    log: list[str] = []
+
+    def request(name: str) -> Callable[[bytes], tuple[float, dict[str, float]]]:
+        def call(photo: bytes) -> tuple[float, dict[str, float]]:
+            log.append(name)
+            return float(len(log)), {"decode": 1.0, "preprocess": 2.0, "inference": 3.0, "total": 6.0}
+        return call
+
+    # WHEN 5 samples each are taken over 2 rounds after 2 warm-up requests
+    series = interleaved_series({"a": (request("a"), b"x"), "b": (request("b"), b"y")}, samples=5, warmup=2,
+                                rounds=2, between_rounds=lambda: log.append("|"))
+    # THEN round 1 takes 3 of each (after 2 discarded), round 2 the other 2 (after 1 discarded), in turn
+    assert "".join(log) == "aaaaa" "bbbbb" "|" "aaa" "bbb" "|"
+    # AND only the recorded requests are kept, in order, with their handler steps
+    assert series["a"].end_to_end_ms == (3.0, 4.0, 5.0, 13.0, 14.0)
+    assert series["b"].end_to_end_ms == (8.0, 9.0, 10.0, 16.0, 17.0)
+    assert series["a"].steps[0]["decode_preprocess"] == 3.0 and len(series["b"].steps) == 5
+    # AND more rounds than samples cannot leave a round empty
+    assert len(interleaved_series({"a": (request("a"), b"x")}, samples=2, warmup=0, rounds=5)["a"].end_to_end_ms) == 2
 
 
 def test_synthetic_photos_are_deterministic_and_sized_like_phone_jpegs() -> None:
