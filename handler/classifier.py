@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from handler.config import DEFAULT_MAX_IMAGE_PIXELS
-from handler.decode import decode_image
+from handler.decode import Decoded, decode
 from handler.exceptions import BadRequestError, HandlerError, InternalError, PayloadTooLargeError
 from model_store.loader import load
 from model_store.manifest import Manifest
@@ -139,23 +138,31 @@ class Classifier:
             )
         return top_k
 
-    def decode(self, data: bytes) -> Image.Image:
+    def decode(self, data: bytes) -> Decoded:
         """Bytes -> RGB image (see `handler.decode`), JPEGs reduced toward the model's input size.
 
         A shorter-side resize scales a 30000x1 image to 7680000x256 (6 GB of RGB): the resized
         size is held to the same pixel limit as the image itself, before anything is allocated.
         """
-        image = decode_image(data, draft=self.draft, max_pixels=self.max_image_pixels)
+        decoded = decode(data, draft=self.draft, max_pixels=self.max_image_pixels)
+        image = decoded.image
         width, height = resized_size(image.width, image.height, self.manifest.preprocess)
         if width * height > self.max_image_pixels:
             raise PayloadTooLargeError(
                 f"a {image.width}x{image.height} image would be resized to {width}x{height} pixels; "
                 f"the limit is {self.max_image_pixels:,}", code="image_too_large")
-        return image
+        return decoded
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """RGB image -> float32 batch of one, `[1, 3, H, W]`, as the manifest's preprocessing says."""
-        return to_array(image, self.manifest.preprocess)[None]
+    def preprocess(self, decoded: Decoded) -> np.ndarray:
+        """Decoded image -> float32 batch of one, `[1, 3, H, W]`, as the manifest's preprocessing says.
+
+        Bit for bit torchvision's transforms, except for a JPEG decoded at reduced size: its
+        pixels already differ from a full decode's, and only the crop is resampled (`to_array`).
+        """
+        return self._array(decoded)[None]
+
+    def _array(self, decoded: Decoded) -> np.ndarray:
+        return to_array(decoded.image, self.manifest.preprocess, exact=not decoded.reduced)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """`[N, 3, H, W]` -> logits `[N, num_classes]`; also feeds the running per-image time estimate."""
@@ -230,9 +237,9 @@ class Classifier:
         """
         top_k = self.check_top_k(top_k)
         start = time.perf_counter()
-        image = self.decode(data)
+        photo = self.decode(data)
         decoded = time.perf_counter()
-        batch = self.preprocess(image)
+        batch = self.preprocess(photo)
         preprocessed = time.perf_counter()
         if deadline is not None:
             deadline.check(self.expected_inference_ms(1))
@@ -321,9 +328,9 @@ class Classifier:
     def _prepare(self, data: bytes) -> tuple[np.ndarray, float, float]:
         """Bytes -> `[3, H, W]` float32, with decode and preprocess ms (runs on a batch worker)."""
         start = time.perf_counter()
-        image = self.decode(data)
+        photo = self.decode(data)
         decoded = time.perf_counter()
-        array = to_array(image, self.manifest.preprocess)
+        array = self._array(photo)
         return array, _ms(decoded - start), elapsed_ms(decoded)
 
     def _batch_workers(self) -> ThreadPoolExecutor:

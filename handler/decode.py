@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -78,6 +79,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+class Decoded(NamedTuple):
+    """A decoded image, and whether libjpeg reduced it (DCT scaling) on the way."""
+
+    image: Image.Image
+    reduced: bool  # True: not the pixels a full decode gives, so not the pixels training saw either
+
+
 def decode_image(
     data: bytes,
     draft: tuple[int, int] | None = None,
@@ -91,6 +99,15 @@ def decode_image(
     >>> decode_image(open("dog.jpg", "rb").read(), draft=(224, 224)).mode
     'RGB'
     """
+    return decode(data, draft, max_pixels).image
+
+
+def decode(
+    data: bytes,
+    draft: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Decoded:
+    """`decode_image`, also saying whether the JPEG was decoded at reduced size."""
     if not data:
         raise BadRequestError("the image is empty: send the image file's bytes", code="not_an_image")
     fmt = sniff_format(data)
@@ -108,13 +125,15 @@ def decode_image(
         image = Image.open(io.BytesIO(data), formats=[fmt])
         _check_pixels(image, limit)
         orientation = _orientation(image)
+        full_size = image.size
         if fmt == "JPEG" and draft is not None:
             _reduce_jpeg(image, draft, orientation)
+        reduced = image.size != full_size
         image.load()
         _check_pixels(image, limit)  # a GIF frame may widen the canvas while it loads
         if orientation not in (None, 1):
             ImageOps.exif_transpose(image, in_place=True)
-        return to_rgb(image)
+        return Decoded(to_rgb(image), reduced)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLargeError(
             f"the image has more than the {max_pixels:,} pixels this function accepts", code="image_too_large"

@@ -187,11 +187,11 @@ def test_predict_with_logits_matches_a_plain_forward_pass(service: Service) -> N
     body = body_of(service.handle(recorded, Context()))
     # THEN the logits are the model's output for that image, top-5 capped at 3 classes
     classifier = service.holder.get()
-    image = classifier.decode(base64.b64decode(recorded["body"]))
+    photo = classifier.decode(base64.b64decode(recorded["body"]))
     predictor = classifier.predictor
     assert isinstance(predictor, TorchPredictor)  # v1 has only fp32: the eager network, run directly here
     with torch.inference_mode():
-        expected = predictor.module(torch.from_numpy(classifier.preprocess(image)))[0].tolist()
+        expected = predictor.module(torch.from_numpy(classifier.preprocess(photo)))[0].tolist()
     assert body["logits"] == pytest.approx(expected, abs=1e-5)
     assert len(body["predictions"]) == 3
 

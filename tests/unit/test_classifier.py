@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ import pytest
 from PIL import Image
 
 from handler.classifier import UNTRAINED_WARNING, Classifier
+from handler.decode import Decoded
 from handler.exceptions import BadRequestError, DeadlineExceededError, HandlerError, InternalError
 from model_store.manifest import Architecture, Manifest, Preprocessing, WeightsFile
+from model_store.preprocess import to_array
 
 CLASSES = ("001.Red_setter", "002.Green_dog", "003.Blue_heeler")
 RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
@@ -65,6 +68,12 @@ def manifest(trained: bool = True) -> Manifest:
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -141,8 +150,23 @@ def test_bad_top_k(classifier: Classifier, top_k: object) -> None:
 
 
 def test_preprocess_gives_a_batch_of_one(classifier: Classifier) -> None:
-    array = classifier.preprocess(Image.new("RGB", (100, 50), RED))
+    array = classifier.preprocess(Decoded(Image.new("RGB", (100, 50), RED), reduced=False))
     assert isinstance(array, np.ndarray) and array.shape == (1, 3, 32, 32) and array.dtype == np.float32
+
+
+def test_only_a_jpeg_decoded_at_reduced_size_skips_the_bit_exact_resize() -> None:
+    # GIVEN a classifier whose preprocessing has a centre crop inside the resized image (imagenet)
+    classifier = Classifier(MeanColour(), replace(manifest(), preprocess=Preprocessing.preset("imagenet")))
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 1000, 3), np.uint8))
+    small = photo.resize((400, 280))
+    # WHEN a large JPEG (decoded at 1/2 scale) and a small one (decoded in full) are decoded and preprocessed
+    large, full = classifier.decode(encode_jpeg(photo)), classifier.decode(encode_jpeg(small))
+    # THEN only the reduced one takes the crop-only resample, and both are the model's input
+    assert large.reduced and large.image.size == (500, 350) and not full.reduced
+    spec = classifier.manifest.preprocess
+    assert np.array_equal(classifier.preprocess(full)[0], to_array(full.image, spec))
+    assert np.array_equal(classifier.preprocess(large)[0], to_array(large.image, spec, exact=False))
+    assert classifier.preprocess(large).shape == (1, 3, 224, 224)
 
 
 def test_the_model_gets_float32_batches_and_the_batch_path_matches_the_single_one() -> None:

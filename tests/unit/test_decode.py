@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.decode import SERVED_FORMATS, configure_pillow, decode_image, sniff_format
+from handler.decode import SERVED_FORMATS, configure_pillow, decode, decode_image, sniff_format
 from handler.exceptions import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 ORIENTATION = 0x0112
@@ -75,6 +75,9 @@ def test_large_jpeg_is_decoded_at_reduced_size_but_never_below_the_target() -> N
     assert image.size == (500, 375)
     # AND without a draft target it is decoded in full
     assert decode_image(data).size == (2000, 1500)
+    # AND `decode` says which happened (the preprocessing's bit-exact resize is for full decodes only)
+    assert decode(data, draft=(224, 224)).reduced and not decode(data).reduced
+    assert not decode(encode(Image.new("RGB", (300, 200)), "JPEG"), draft=(224, 224)).reduced  # under 2x
 
 
 def test_draft_target_follows_the_exif_rotation() -> None:

@@ -79,6 +79,45 @@ def test_other_specs_equal_torchvision(spec: Preprocessing, width: int, height: 
     assert np.array_equal(got, expected.numpy())
 
 
+@pytest.mark.parametrize(("width", "height"), [(576, 432), (538, 870), (1001, 777), (301, 197)])
+def test_a_reduced_image_resamples_only_the_crop_within_one_level_of_the_exact_path(
+        width: int, height: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN an image the JPEG decoder already reduced, and the imagenet preset (resize 256, crop 224)
+    image, spec = noisy_image(width, height, seed=5), Preprocessing.preset("imagenet")
+    exact = to_array(image, spec)
+    resizes: list[tuple[object, ...]] = []
+    original = Image.Image.resize
+
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        resizes.append((size, kwargs.get("box")))
+        return original(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    # WHEN it is preprocessed without the bit-exact requirement
+    fast = to_array(image, spec, exact=False)
+    # THEN Pillow resampled only the 224x224 crop, once
+    assert len(resizes) == 1 and resizes[0][0] == (224, 224) and resizes[0][1] is not None
+    # AND the shape and layout are the model's, and no value is more than one level (1/255) away
+    assert fast.shape == exact.shape == (3, 224, 224) and fast.flags.c_contiguous and fast.dtype == np.float32
+    levels = np.abs(fast - exact) * np.asarray(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1) * 255
+    assert levels.max() <= 1.0 + 1e-3
+    # AND the crop is where torchvision puts it (a shifted or mirrored crop would differ by far more)
+    assert np.mean(levels > 0.5) < 0.25
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [Preprocessing(resize_mode="shorter_side", size=(160,), crop=200),  # the crop pads: exact path
+     Preprocessing.preset("resize224")],  # no crop: exact path
+    ids=["crop-over-short-side", "no-crop"],
+)
+def test_a_reduced_image_keeps_the_exact_path_where_there_is_no_crop_inside_the_image(spec: Preprocessing) -> None:
+    # GIVEN a preprocessing whose crop pads, or that has no crop
+    image = noisy_image(640, 480, seed=6)
+    # WHEN / THEN exact=False changes nothing: every bit is torchvision's
+    assert np.array_equal(to_array(image, spec, exact=False), reference_pipeline(spec)(image).numpy())
+
+
 def test_non_rgb_input_is_converted_first() -> None:
     # GIVEN a greyscale image
     grey = noisy_image(150, 120).convert("L")
