@@ -257,8 +257,9 @@ class LatencyRun:
         settings = self.settings
         repeats = max(1, settings.matmul_repeats // max(1, settings.rounds))
         for step in self.steps:
-            loaded = {variant: classifier for variant in self.variants
-                      if (classifier := self._classifier(variant, step)) is not None}
+            # (no walrus here: its name would outlive the comprehension and keep a model loaded)
+            loaded = {variant: classifier for variant, classifier in
+                      ((v, self._classifier(v, step)) for v in self.variants) if classifier is not None}
 
             def remeasure_peak(threads: int = step.threads) -> None:
                 gflops[threads] = max(gflops[threads], matmul_gflops(threads, repeats=repeats))

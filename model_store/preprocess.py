@@ -78,12 +78,11 @@ def to_array(image: Image.Image, spec: Preprocessing, *, exact: bool = True) -> 
     if spec.crop is not None and (spec.crop, spec.crop) != (width, height):
         box = crop_box(width, height, spec.crop)
     inside = box is not None and box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
-    if (width, height) == image.size:
-        pass
-    elif not exact and box is not None and inside:
-        image, box = _resample_crop(image, (width, height), box, spec), None
-    else:
-        image = image.resize((width, height), _PIL_FILTERS[spec.interpolation])
+    if (width, height) != image.size:
+        if not exact and box is not None and inside:
+            image, box = _resample_crop(image, (width, height), box, spec), None
+        else:
+            image = image.resize((width, height), _PIL_FILTERS[spec.interpolation])
     if box is not None and not inside:
         image, box = image.crop(box), None  # PIL pads the part outside the image with zeros
     pixels = np.asarray(image)  # uint8 [H, W, 3], read only
