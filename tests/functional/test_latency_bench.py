@@ -315,8 +315,11 @@ def test_quick_run_writes_latency_json_that_the_cost_report_uses(tiny_root: Path
     assert batch["per_image_ms"] == pytest.approx(batch["batch_p50_ms"] / 8, abs=1e-3)
     assert batch["speedup"] == pytest.approx(batch["single_p50_ms"] / batch["per_image_ms"], rel=1e-3)
     assert rows["batch"]["measured"] == pytest.approx(batch["speedup"], abs=1e-3) and rows["batch"]["target"] == 1.5
-    for entry in report.roofline["variants"]:  # roofline_ms is rounded to 0.01 ms, the ratio is not
-        assert entry["ratio"] * entry["roofline_ms"] == pytest.approx(entry["inference_p50_ms"], rel=0.02)
+    for entry in report.roofline["variants"]:
+        # roofline_ms is rounded to 0.01 ms and the ratio to 0.001: no more error than that allows
+        # (a fast host gives the small test model a roofline of a few tenths of a millisecond)
+        rounding = entry["ratio"] * 0.005 + entry["roofline_ms"] * 0.0005 + 1e-6
+        assert abs(entry["ratio"] * entry["roofline_ms"] - entry["inference_p50_ms"]) <= rounding, entry
 
     # WHEN the cost report is made from that file
     cost_out = tmp_path / "cost"
