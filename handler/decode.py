@@ -43,7 +43,7 @@ def configure_pillow(max_image_pixels: int) -> None:
     for `DecompressionBombWarning` is installed here, once, for the whole process (warning
     filters are global state: setting them per call, with `warnings.catch_warnings`, is not
     thread-safe, and batches decode on worker threads). It only makes Pillow stop earlier:
-    `decode_image` refuses the warning band itself, from the header, with or without the filter.
+    `decode` refuses the warning band itself, from the header, with or without the filter.
     """
     Image.MAX_IMAGE_PIXELS = max_image_pixels
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
@@ -86,28 +86,20 @@ class Decoded(NamedTuple):
     reduced: bool  # True: not the pixels a full decode gives, so not the pixels training saw either
 
 
-def decode_image(
-    data: bytes,
-    draft: tuple[int, int] | None = None,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> Image.Image:
-    """Decode `data` to an RGB image, reducing JPEG decoding toward `draft` = (width, height).
-
-    Raises `BadRequestError` (`not_an_image`), `UnsupportedMediaTypeError` or
-    `PayloadTooLargeError` (`image_too_large`); never anything else for any input bytes.
-
-    >>> decode_image(open("dog.jpg", "rb").read(), draft=(224, 224)).mode
-    'RGB'
-    """
-    return decode(data, draft, max_pixels).image
-
-
 def decode(
     data: bytes,
     draft: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Decoded:
-    """`decode_image`, also saying whether the JPEG was decoded at reduced size."""
+    """Decode `data` to an RGB image, reducing JPEG decoding toward `draft` = (width, height).
+
+    `reduced` says whether libjpeg decoded at reduced size. Raises `BadRequestError`
+    (`not_an_image`), `UnsupportedMediaTypeError` or `PayloadTooLargeError` (`image_too_large`);
+    never anything else for any input bytes.
+
+    >>> decode(open("dog.jpg", "rb").read(), draft=(224, 224)).image.mode
+    'RGB'
+    """
     if not data:
         raise BadRequestError("the image is empty: send the image file's bytes", code="not_an_image")
     fmt = sniff_format(data)
